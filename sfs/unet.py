@@ -1,0 +1,253 @@
+"""The U-Net that predicts the noise: eps_hat = model(x_t, t, cond).
+
+Book ch. 5, sec. "The U-Net". A small version of the DDPM network (Ho et al. 2020, appendix B; the
+same layout as improved-diffusion) sized for 28x28 images:
+
+    x_t (B, 1, 28, 28) -> conv -> [ResBlock x N, (attention)] at 28x28 -> down -> ... 14x14 ... 7x7
+                       -> middle: ResBlock, attention, ResBlock at 7x7
+                       -> up path mirroring the down path, each block fed the matching skip
+                       -> GroupNorm, SiLU, conv -> eps_hat (B, 1, 28, 28)
+
+The timestep t enters every residual block as an embedding (sinusoidal features + an MLP). For
+classifier-free guidance a learned class embedding is added to it; its last entry, index
+``num_classes``, is the "no class" label that ``cond=None`` stands for (Book ch. 8, sec. "Classifier-free
+guidance"). Each piece is its own small module so a chapter can build and probe it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sfs.embeddings import timestep_embedding
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of the U-Net. The defaults (~1.9 M parameters) train on a laptop CPU."""
+
+    in_channels: int = 1  # 1 for MNIST / Fashion-MNIST
+    image_size: int = 28  # must be divisible by 2 ** (len(channel_mults) - 1)
+    base_channels: int = 32  # channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # per resolution: 28x28, 14x14, 7x7
+    num_res_blocks: int = 2  # residual blocks per resolution on the way down
+    attn_resolutions: tuple[int, ...] = (7,)  # image sizes that get self-attention
+    num_heads: int = 4  # attention heads; channels must be divisible by it
+    dropout: float = 0.1  # inside each residual block
+    norm_groups: int = 8  # GroupNorm groups; channels must be divisible by it
+    num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1
+
+    def __post_init__(self):  # JSON round trips give lists; keep the dataclass comparable
+        self.channel_mults = tuple(self.channel_mults)
+        self.attn_resolutions = tuple(self.attn_resolutions)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        d = asdict(self)
+        d["channel_mults"], d["attn_resolutions"] = list(self.channel_mults), list(self.attn_resolutions)
+        return d
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm over (B, C, H, W), one of the two normalisations of Book ch. 5, sec. "Residual blocks"."""
+    if channels % groups:
+        raise ValueError(f"channels={channels} is not divisible by norm_groups={groups}")
+    return nn.GroupNorm(groups, channels)
+
+
+class TimeEmbedding(nn.Module):
+    """t (B,) int64 -> (B, emb_dim): sinusoidal features of width ``dim``, then a 2-layer MLP.
+
+    Book ch. 5, sec. "Telling the network the time": the sinusoids (from ``sfs.embeddings``) are fixed; the MLP learns what each block needs to know about t.
+    """
+
+    def __init__(self, dim: int, emb_dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.dim))  # (B, emb_dim)
+
+
+class ResBlock(nn.Module):
+    """Residual block: x + conv(SiLU(GN(conv(SiLU(GN(x))) + proj(emb)))). (B, C_in, H, W) -> (B, C_out, H, W).
+
+    Book ch. 5, sec. "Residual blocks". The time (and class) embedding is added to every channel after
+    the first conv. The last conv starts at zero, so a fresh block is the identity (or the 1x1
+    skip conv when the channel count changes) and a deep stack trains stably.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 8):
+        super().__init__()
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out_ch, H, W)
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # broadcast (B, out_ch, 1, 1)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W pixels: (B, C, H, W) -> (B, C, H, W), residual.
+
+    Book ch. 5, sec. "Self-attention". Each pixel is a token of C features; every token looks at every
+    other, softmax(q k^T / sqrt(head_dim)) v (Vaswani et al. 2017, eq. (1)), which is what
+    ``F.scaled_dot_product_attention`` computes. Without position information it is
+    permutation-equivariant: shuffle the tokens and the outputs shuffle the same way.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 4, groups: int = 8):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels={channels} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The attention itself on a token sequence: (B, L, C) -> (B, L, C), no norm, no residual."""
+        B, L, C = tokens.shape
+        head_dim = C // self.num_heads
+        qkv = self.qkv(tokens).view(B, L, 3, self.num_heads, head_dim)  # (B, L, 3, heads, head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, head_dim)
+        out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, heads * head_dim)
+        return self.proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).view(B, C, H * W).transpose(1, 2)  # (B, L=H*W, C)
+        out = self.attend(tokens).transpose(1, 2).reshape(B, C, H, W)
+        return x + out
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 conv: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)).
+
+    Book ch. 5, sec. "Going down and up".
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour copy, then a 3x3 conv. (B, C, H, W) -> (B, C, 2H, 2W).
+
+    Book ch. 5, sec. "Going down and up".
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps_hat = UNet(x_t, t, cond): (B, C, H, W), (B,) int64, (B,) int64 or None -> (B, C, H, W).
+
+    Book ch. 5, sec. "The U-Net" (and ch. 8 for ``cond``). ``cond=None`` means "no class" for every
+    image, the same as passing the null label ``config.num_classes``.
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        if cfg.image_size % 2 ** (len(cfg.channel_mults) - 1):
+            raise ValueError(f"image_size={cfg.image_size} cannot be halved "
+                             f"{len(cfg.channel_mults) - 1} times")
+        ch, emb_dim, g = cfg.base_channels, 4 * cfg.base_channels, cfg.norm_groups
+        self.time_embed = TimeEmbedding(ch, emb_dim)
+        # num_classes + 1 rows: the last one is the learned "no class" embedding for CFG.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        def block(in_ch: int, out_ch: int, res: int) -> nn.ModuleList:
+            layers = [ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, g)]
+            if res in cfg.attn_resolutions:
+                layers.append(SelfAttention(out_ch, cfg.num_heads, g))
+            return nn.ModuleList(layers)
+
+        # Down path: remember the channel count of every output that becomes a skip connection.
+        self.down, skip_chs, res = nn.ModuleList(), [ch], cfg.image_size
+        for level, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(block(ch, mult * cfg.base_channels, res))
+                ch = mult * cfg.base_channels
+                skip_chs.append(ch)
+            if level < len(cfg.channel_mults) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skip_chs.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g),
+                                  SelfAttention(ch, cfg.num_heads, g),
+                                  ResBlock(ch, ch, emb_dim, cfg.dropout, g)])
+        # Up path: one more block per level than on the way down, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = block(ch + skip_chs.pop(), mult * cfg.base_channels, res)
+                ch = mult * cfg.base_channels
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    res *= 2
+                self.up.append(layers)
+        self.norm_out = group_norm(ch, g)
+        self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts eps_hat = 0
+        nn.init.zeros_(self.conv_out.bias)
+
+    def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Time plus class embedding, (B, 4 * base_channels). Book ch. 8, sec. "Classifier-free guidance"."""
+        emb = self.time_embed(t)
+        if cond is not None and self.class_embed is None:
+            raise ValueError("this UNet is unconditional (num_classes=None) but got cond")
+        if self.class_embed is not None:
+            if cond is None:  # no label: every image gets the null entry
+                cond = torch.full_like(t, self.config.num_classes)
+            emb = emb + self.class_embed(cond)
+        return emb
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        emb = self.embed(t, cond)  # (B, emb_dim)
+        h = self.conv_in(x_t)  # (B, base_channels, H, W)
+        skips = [h]
+        for layers in self.down:
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for layers in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, ch + skip_ch, H, W)
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, in_channels, H, W)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
