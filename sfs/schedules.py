@@ -61,9 +61,10 @@ def _check_T(T) -> int:
     return T
 
 
-def schedule_from_betas(betas: torch.Tensor) -> Schedule:
+def schedule_from_betas(betas: torch.Tensor, dtype: torch.dtype = torch.float32) -> Schedule:
     """Build every schedule constant from betas (T,). Book eqs. (1.3), (1.4), (3.1), (3.2).
 
+    Computed in float64 and stored as ``dtype`` (float64 is useful for exact identity checks).
     betas must lie in (0, 1); only the last may equal 1 (zero terminal SNR, book eq. (2.4)), since a
     beta of 1 earlier would erase the signal before the last step. Ho et al. 2020, eqs. 4, 6, 7.
     """
@@ -89,7 +90,7 @@ def schedule_from_betas(betas: torch.Tensor) -> Schedule:
         posterior_mean_coef1=b * alpha_bar_prev.sqrt() / one_minus,
         posterior_mean_coef2=(1.0 - alpha_bar_prev) * alphas.sqrt() / one_minus,
         snr=alpha_bar / one_minus, log_snr=torch.log(alpha_bar) - torch.log(one_minus),
-    ).to(dtype=torch.float32)
+    ).to(dtype=dtype)
 
 
 def betas_from_alpha_bar(alpha_bar: torch.Tensor, max_beta: float = 0.999) -> torch.Tensor:
@@ -168,7 +169,7 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
     Book eq. (2.4); Lin et al. 2023, alg. 1. sqrt(alpha_bar[0]) is kept, sqrt(alpha_bar[-1])
     becomes 0, so betas[-1] = 1, snr[-1] = 0 and log_snr[-1] = -inf. The posterior at the last
     step stays finite: q(x_{T-1} | x_T, x0) = N(sqrt(alpha_bar_{T-1}) x0, 1 - alpha_bar_{T-1}).
-    Needs T >= 2.
+    Needs T >= 2. Keeps the schedule's dtype.
     """
     if schedule.T < 2:
         raise ValueError(f"rescale_zero_terminal_snr needs T >= 2, got T={schedule.T}")
@@ -180,4 +181,4 @@ def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
     alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
     betas = 1.0 - alphas
     betas[-1] = 1.0  # exactly, whatever rounding did
-    return schedule_from_betas(betas)
+    return schedule_from_betas(betas, dtype=schedule.betas.dtype)
