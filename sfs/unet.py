@@ -10,8 +10,8 @@ same layout as improved-diffusion) sized for 28x28 images:
 
 The timestep t enters every residual block as an embedding (sinusoidal features + an MLP). For
 classifier-free guidance a learned class embedding is added to it; its last entry, index
-``num_classes``, is the "no class" label that ``cond=None`` stands for (Book ch. 8, sec. "Classifier-free
-guidance"). Each piece is its own small module so a chapter can build and probe it alone.
+``num_classes``, is the "no class" label that ``cond=None`` stands for (Book ch. 8,
+sec. "Classifier-free guidance"). Each piece is its own small module so a chapter can build and probe it alone.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class UNetConfig:
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    """GroupNorm over (B, C, H, W), one of the two normalisations of Book ch. 5, sec. "Residual blocks"."""
+    """GroupNorm over (B, C, H, W) in ``groups`` groups. Book ch. 5, sec. "Residual blocks"."""
     if channels % groups:
         raise ValueError(f"channels={channels} is not divisible by norm_groups={groups}")
     return nn.GroupNorm(groups, channels)
@@ -61,7 +61,8 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 class TimeEmbedding(nn.Module):
     """t (B,) int64 -> (B, emb_dim): sinusoidal features of width ``dim``, then a 2-layer MLP.
 
-    Book ch. 5, sec. "Telling the network the time": the sinusoids (from ``sfs.embeddings``) are fixed; the MLP learns what each block needs to know about t.
+    Book ch. 5, sec. "Telling the network the time": the sinusoids (``sfs.embeddings``) are
+    fixed; the MLP learns what each block needs to know about t.
     """
 
     def __init__(self, dim: int, emb_dim: int):
@@ -74,7 +75,9 @@ class TimeEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block: x + conv(SiLU(GN(conv(SiLU(GN(x))) + proj(emb)))). (B, C_in, H, W) -> (B, C_out, H, W).
+    """Residual block with the embedding added inside: (B, C_in, H, W), (B, E) -> (B, C_out, H, W).
+
+    h = conv1(SiLU(GN(x))) + proj(SiLU(emb));  out = skip(x) + conv2(dropout(SiLU(GN(h)))).
 
     Book ch. 5, sec. "Residual blocks". The time (and class) embedding is added to every channel after
     the first conv. The last conv starts at zero, so a fresh block is the identity (or the 1x1
@@ -218,7 +221,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Time plus class embedding, (B, 4 * base_channels). Book ch. 8, sec. "Classifier-free guidance"."""
+        """Time plus class embedding: (B,), (B,) or None -> (B, 4 * base_channels).
+
+        Book ch. 8, sec. "Classifier-free guidance".
+        """
         emb = self.time_embed(t)
         if cond is not None and self.class_embed is None:
             raise ValueError("this UNet is unconditional (num_classes=None) but got cond")
