@@ -114,7 +114,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) - offset != expected:
         raise ValueError(f"IDX file {path} is truncated or padded: header says {shape} "
                          f"({expected} bytes of data), file holds {len(data) - offset}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape).copy()
 
 
 def _find(folder: Path, stem: str) -> Path | None:
