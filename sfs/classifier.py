@@ -1,0 +1,317 @@
+"""Small CNN classifiers for 28x28 images: a feature extractor for metrics and a noise-aware one.
+
+Book ch. 8 ("Guidance") and ch. 9 ("Measuring samples"). Two models, one file:
+
+- ``Classifier``: clean images x0 (B, 1, 28, 28) in [-1, 1] -> logits (B, 10). Its penultimate layer,
+  ``features(x)`` (B, 128), replaces the Inception network of FID for MNIST-like data
+  (``sfs.metrics``), and its predictions score the class accuracy of conditional samples.
+- ``NoisyClassifier``: noisy images x_t and timesteps t -> logits of p(y | x_t), trained on
+  ``q_sample``'d images; its gradient drives classifier guidance (``sfs.guidance``;
+  Dhariwal & Nichol 2021, sec. 4).
+
+Training: ``train_classifier`` / ``train_noisy_classifier``; from the shell
+``python -m sfs.classifier --data mnist --out models/mnist-classifier`` (``--noisy`` for the
+noise-aware one). Weights are saved as safetensors (fp16 by default) with a JSON card holding the
+file's sha256 and the accuracy measured on the full test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sfs.embeddings import timestep_embedding
+from sfs.forward import q_sample
+from sfs.schedules import Schedule, cosine_schedule, linear_schedule
+
+
+@dataclass
+class ClassifierConfig:
+    """Architecture of both classifiers (the noisy one adds a time embedding)."""
+
+    in_channels: int = 1     # 1 for MNIST / Fashion-MNIST
+    num_classes: int = 10
+    width: int = 32          # channels of the first two convs; doubled after the first pooling
+    feature_dim: int = 128   # D of ``features(x)``: the penultimate layer
+    dropout: float = 0.3     # before the last linear layer (and 0.1 after each pooling)
+    noisy: bool = False      # True: NoisyClassifier, which also takes t
+    time_dim: int = 64       # sinusoidal embedding size of t (NoisyClassifier only)
+
+
+def conv_block(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
+    """3x3 conv -> BatchNorm (or GroupNorm) -> ReLU, keeping H, W."""
+    n = nn.BatchNorm2d(out_ch) if norm == "batch" else nn.GroupNorm(8, out_ch)
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), n, nn.ReLU())
+
+
+class Classifier(nn.Module):
+    """Clean-image CNN: (B, 1, 28, 28) in [-1, 1] -> logits (B, num_classes).
+
+    Two stages of [conv-bn-relu, conv-bn-relu, max-pool] (28 -> 14 -> 7), then a 128-unit hidden
+    layer (``features``) and the class logits. ~0.47 M parameters.
+    """
+
+    def __init__(self, config: ClassifierConfig | None = None):
+        super().__init__()
+        self.config = c = config or ClassifierConfig()
+        w = c.width
+        self.stage1 = nn.Sequential(conv_block(c.in_channels, w, "batch"), conv_block(w, w, "batch"),
+                                    nn.MaxPool2d(2), nn.Dropout(0.1))           # (B, w, 14, 14)
+        self.stage2 = nn.Sequential(conv_block(w, 2 * w, "batch"), conv_block(2 * w, 2 * w, "batch"),
+                                    nn.MaxPool2d(2), nn.Dropout(0.1))           # (B, 2w, 7, 7)
+        self.hidden = nn.Linear(2 * w * 7 * 7, c.feature_dim)
+        self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.feature_dim, c.num_classes))
+        self.num_features = c.feature_dim  # what torchmetrics reads from a custom feature module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (B, feature_dim), after the ReLU: the metrics' feature space."""
+        h = self.stage2(self.stage1(x))          # (B, 2w, 7, 7)
+        return F.relu(self.hidden(h.flatten(1)))  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class NoisyClassifier(nn.Module):
+    """Noise-aware CNN for classifier guidance: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, 10).
+
+    The time embedding (book eq. for ``timestep_embedding``; Ho et al. 2020, app. B) is projected to
+    a per-channel bias added after every conv block, as in the U-Net's residual blocks. GroupNorm
+    (not BatchNorm), so that a batch's statistics do not mix noise levels.
+    """
+
+    def __init__(self, config: ClassifierConfig | None = None):
+        super().__init__()
+        self.config = c = config or ClassifierConfig(noisy=True)
+        w = c.width
+        chans = [c.in_channels, w, w, 2 * w, 2 * w]
+        self.blocks = nn.ModuleList(conv_block(chans[i], chans[i + 1], "group") for i in range(4))
+        self.time_mlp = nn.Sequential(nn.Linear(c.time_dim, 4 * c.time_dim), nn.SiLU())
+        self.time_proj = nn.ModuleList(nn.Linear(4 * c.time_dim, ch) for ch in chans[1:])
+        self.hidden = nn.Linear(2 * w * 7 * 7, c.feature_dim)
+        self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.feature_dim, c.num_classes))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.config.time_dim))  # (B, 4 * time_dim)
+        h = x_t
+        for i, (block, proj) in enumerate(zip(self.blocks, self.time_proj)):
+            h = block(h) + proj(emb)[:, :, None, None]  # (B, C, H, W) + (B, C, 1, 1)
+            if i in (1, 3):
+                h = F.max_pool2d(h, 2)                  # 28 -> 14 -> 7
+        return self.head(F.relu(self.hidden(h.flatten(1))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation.
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             schedule: Schedule | None = None, generator: torch.Generator | None = None) -> float:
+    """Fraction of ``images`` (N, 1, 28, 28) whose argmax logit equals ``labels`` (N,).
+
+    For a ``NoisyClassifier`` pass ``schedule``: each image is noised to a uniform random t first.
+    """
+    model.eval()
+    correct = 0
+    device = next(model.parameters()).device
+    for i in range(0, len(images), batch_size):
+        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        if schedule is None:
+            logits = model(x)
+        else:
+            t = torch.randint(0, schedule.T, (len(x),), generator=generator).to(device)
+            logits = model(q_sample(schedule, x, t, generator=generator), t)
+        correct += (logits.argmax(1) == y).sum().item()
+    return correct / len(images)
+
+
+def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+           batch_size: int, lr: float, seed: int, schedule: Schedule | None, log_every: int) -> int:
+    """AdamW with a one-cycle learning rate over ``epochs``; noisy when ``schedule`` is given."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    step, t0 = 0, time.time()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images), batch_size):
+            idx = perm[i:i + batch_size]
+            x, y = images[idx], labels[idx]
+            if schedule is None:
+                logits = model(x)
+            else:
+                t = torch.randint(0, schedule.T, (len(x),), generator=g)
+                logits = model(q_sample(schedule, x, t, generator=g), t)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if log_every and step % log_every == 0:
+                print(f"epoch {epoch} step {step}/{steps} loss {loss.item():.4f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    return step
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 6,
+                     batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
+                     config: ClassifierConfig | None = None, log_every: int = 100
+                     ) -> tuple[Classifier, int]:
+    """Train a ``Classifier`` on clean images (N, 1, 28, 28) in [-1, 1] with labels (N,).
+
+    Plain cross-entropy, AdamW, one-cycle learning rate, no augmentation. Returns (model in eval
+    mode, optimizer steps taken).
+    """
+    torch.manual_seed(seed)
+    model = Classifier(config)
+    steps = _train(model, images, labels, epochs, batch_size, lr, seed, None, log_every)
+    return model.eval(), steps
+
+
+def train_noisy_classifier(images: torch.Tensor, labels: torch.Tensor, schedule: Schedule,
+                           epochs: int = 4, batch_size: int = 128, lr: float = 3e-3,
+                           seed: int = 0, config: ClassifierConfig | None = None,
+                           log_every: int = 100) -> tuple[NoisyClassifier, int]:
+    """Train a ``NoisyClassifier`` on x_t = q_sample(schedule, x0, t), t uniform in [0, T).
+
+    Dhariwal & Nichol 2021, sec. 4.1: the classifier must know p(y | x_t) at every noise level
+    the sampler visits. Returns (model in eval mode, optimizer steps taken).
+    """
+    torch.manual_seed(seed)
+    model = NoisyClassifier(config or ClassifierConfig(noisy=True))
+    steps = _train(model, images, labels, epochs, batch_size, lr, seed, schedule, log_every)
+    return model.eval(), steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading: safetensors weights + JSON card (sha256, accuracy, data, command).
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_classifier(path: str | Path, model: nn.Module, card: dict,
+                    dtype: torch.dtype = torch.float16) -> dict:
+    """Write ``path`` (.safetensors, config in its metadata) and ``path.json`` (the card)."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    config = asdict(model.config)
+    save_file(tensors, str(path), metadata={"format": "sfs-classifier", "config": json.dumps(config)})
+    card = dict(card, name=path.stem, config=config, dtype=str(dtype).removeprefix("torch."),
+                file=path.name, file_sha256=_sha256(path), file_bytes=path.stat().st_size)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def load_classifier(name_or_path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, dict]:
+    """Load ``models/<name>.safetensors`` (or a path) after checking its card's sha256.
+
+    Returns (Classifier or NoisyClassifier in fp32, eval mode; card dict).
+    """
+    p = Path(name_or_path)
+    if p.suffix != ".safetensors" and not p.exists() and "/" not in str(name_or_path):
+        p = Path(__file__).resolve().parent.parent / "models" / f"{name_or_path}.safetensors"
+    p = p.with_suffix(".safetensors")
+    if not p.is_file() or not p.with_suffix(".json").is_file():
+        raise FileNotFoundError(f"classifier {p} or its card {p.with_suffix('.json')} not found; "
+                                f"train one with `python -m sfs.classifier --data mnist --out {p.with_suffix('')}`")
+    card = json.loads(p.with_suffix(".json").read_text())
+    if _sha256(p) != card.get("file_sha256"):
+        raise ValueError(f"sha256 mismatch for {p}: the file is not the one its card describes")
+    with safe_open(str(p), framework="pt") as f:
+        config = ClassifierConfig(**json.loads(f.metadata()["config"]))
+    model = NoisyClassifier(config) if config.noisy else Classifier(config)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(p)).items()})
+    return model.to(device).eval(), card
+
+
+def main_train_classifier(argv: list[str] | None = None) -> dict:
+    """Command line: train, measure full-test-set accuracy, save fp16 (fp32 if fp16 loses accuracy)."""
+    from sfs.data import load_dataset
+
+    ap = argparse.ArgumentParser(prog="python -m sfs.classifier", description=main_train_classifier.__doc__)
+    ap.add_argument("--data", default="mnist", choices=["mnist", "fashion-mnist"])
+    ap.add_argument("--data-dir", default=None, help="folder with the IDX files (default $SFS_DATA_DIR)")
+    ap.add_argument("--out", required=True, help="output path without suffix, e.g. models/mnist-classifier")
+    ap.add_argument("--noisy", action="store_true", help="train the noise-aware NoisyClassifier")
+    ap.add_argument("--schedule", default="cosine", choices=["cosine", "linear"], help="for --noisy")
+    ap.add_argument("--T", type=int, default=1000, help="diffusion steps of the schedule (--noisy)")
+    ap.add_argument("--epochs", type=int, default=None, help="default 6 (clean) or 4 (noisy)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    train = load_dataset(args.data, "train", args.data_dir)
+    test = load_dataset(args.data, "test", args.data_dir)
+    x, y = train.images[:args.limit], train.labels[:args.limit]
+    t0 = time.time()
+    schedule = None
+    if args.noisy:
+        schedule = (cosine_schedule if args.schedule == "cosine" else linear_schedule)(args.T)
+        model, steps = train_noisy_classifier(x, y, schedule, args.epochs or 4, args.batch_size,
+                                              args.lr, args.seed)
+    else:
+        model, steps = train_classifier(x, y, args.epochs or 6, args.batch_size, args.lr, args.seed)
+    train_s = time.time() - t0
+
+    def test_acc(m):
+        return accuracy(m, test.images, test.labels, schedule=schedule,
+                        generator=torch.Generator().manual_seed(1234))
+
+    acc32 = test_acc(model)
+    half = (NoisyClassifier if args.noisy else Classifier)(model.config)
+    half.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    acc16 = test_acc(half.eval())
+    dtype = torch.float16 if acc16 >= acc32 - 1e-3 else torch.float32
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = None
+    card = {
+        "kind": "NoisyClassifier" if args.noisy else "Classifier",
+        "data": args.data, "train_images": len(x), "test_images": len(test),
+        "test_accuracy": acc16 if dtype == torch.float16 else acc32,
+        "test_accuracy_fp32": acc32,
+        "test_accuracy_note": ("on x_t with t uniform in [0, T) (seed 1234)" if args.noisy
+                               else "clean test images"),
+        "schedule": f"{args.schedule}_schedule(T={args.T})" if args.noisy else None,
+        "epochs": args.epochs or (4 if args.noisy else 6), "steps": steps,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "train_seconds": round(train_s, 1), "threads": args.threads,
+        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+        "torch": torch.__version__, "git_commit": commit,
+        "command": "python -m sfs.classifier " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    card = save_classifier(args.out, model, card, dtype)
+    print(json.dumps({k: card[k] for k in ("name", "test_accuracy", "test_accuracy_fp32", "dtype",
+                                           "file_bytes", "train_seconds")}))
+    return card
+
+
+if __name__ == "__main__":
+    main_train_classifier()
