@@ -255,5 +255,5 @@ class UNet(nn.Module):
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (trainable or frozen, e.g. an EMA copy)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,366 @@
+"""Checkpoints: shipped models with model cards, and training states to resume from.
+
+Book ch. 6, sec. "Training the U-Net" (and the appendix "The shipped models"). Everything is
+stored as safetensors, never pickle: loading a checkpoint cannot run code.
+
+A shipped model ``models/<name>`` is three files (plus two pictures):
+- ``<name>.safetensors``: the weights (fp16 by default) and, in its metadata, the UNetConfig;
+- ``<name>.json``: the machine-readable model card (config, prediction target, schedule, data set
+  and its checksum, steps, machine, command, git commit, the sha256 of the weights file);
+- ``<name>.md``: the human card with a sample grid and the loss curve.
+``load_model`` refuses a file that is truncated, whose sha256 differs from the card's, whose config
+disagrees with the card's, or that has no card, and says which.
+
+A training state ``state-<step>.safetensors`` holds model, EMA, optimizer tensors and RNG states;
+its JSON sidecar ``state-<step>.json`` holds the scalars and the sha256 of the tensors. The
+sidecar is written last, so it marks a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sfs.unet import UNet, UNetConfig
+
+MODELS_ENV_VAR = "SFS_MODELS_DIR"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the repo's models/
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: missing card, truncated, sha256 or config mismatch."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers: atomic writes and checksums.
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old or new file.
+
+    The temporary file lives in the same folder, so ``os.replace`` is an atomic rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_length(path: Path) -> None:
+    """Raise CheckpointError('truncated') unless the file holds all the bytes its header promises."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes, not even a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        raw = f.read(n)
+    if len(raw) < n:
+        raise CheckpointError(f"{path} is truncated: header of {n} bytes, file has {size}")
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not a safetensors file (unreadable header: {e})") from e
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size < 8 + n + end:
+        raise CheckpointError(f"{path} is truncated: its header promises {8 + n + end} bytes, "
+                              f"the file has {size}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped models.
+
+def resolve_models_dir(models_dir: str | Path | None = None) -> Path:
+    """``models_dir``, else $SFS_MODELS_DIR, else the repository's models/ folder."""
+    return Path(models_dir or os.environ.get(MODELS_ENV_VAR) or DEFAULT_MODELS_DIR).expanduser()
+
+
+def save_checkpoint(path: str | Path, model: UNet, config: UNetConfig, card: dict,
+                    dtype: torch.dtype = torch.float16) -> dict:
+    """Write ``model``'s weights (cast to ``dtype``) to ``path`` and its card to ``path.json``.
+
+    The config goes into the safetensors metadata and into the card; the card gets the file's
+    sha256 and size. Both writes are atomic. Returns the card as written.
+    Book appendix "The shipped models".
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    meta = {"format": "sfs-unet", "config": json.dumps(config.to_dict(), sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    card = dict(card)
+    card.update(name=path.stem, config=config.to_dict(), dtype=str(dtype).removeprefix("torch."),
+                file=path.name, file_sha256=sha256_file(path), file_bytes=path.stat().st_size)
+    write_json(path.with_suffix(".json"), card)
+    return card
+
+
+def _resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
+        return p if p.suffix == ".safetensors" else p.with_suffix(".safetensors")
+    return resolve_models_dir(models_dir) / f"{name_or_path}.safetensors"
+
+
+def read_card(name_or_path: str | Path, models_dir: str | Path | None = None) -> dict:
+    """The JSON model card of a shipped model (by name in models/, or by path)."""
+    path = _resolve_model_path(name_or_path, models_dir)
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise CheckpointError(f"missing card: {card_path} not found for {path}; a model is "
+                              f"loaded only with its card, which holds its sha256 and config")
+    return json.loads(card_path.read_text())
+
+
+def verify_checkpoint(path: str | Path, card: dict) -> UNetConfig:
+    """Check a weights file against its card; return its config. Raises CheckpointError naming
+    the problem: truncated, sha256 mismatch or config mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    _check_length(path)
+    if "file_bytes" in card and path.stat().st_size != card["file_bytes"]:
+        kind = "truncated" if path.stat().st_size < card["file_bytes"] else "size mismatch"
+        raise CheckpointError(f"{path} is {kind}: {path.stat().st_size} bytes, "
+                              f"the card says {card['file_bytes']}")
+    digest = sha256_file(path)
+    if digest != card.get("file_sha256"):
+        raise CheckpointError(f"sha256 mismatch for {path}: file has {digest}, card says "
+                              f"{card.get('file_sha256')}; the file is corrupted or not the one "
+                              f"the card describes")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise CheckpointError(f"config mismatch: {path} stores no config in its metadata")
+    stored = json.loads(meta["config"])
+    if stored != card.get("config"):
+        diff = {k: (stored.get(k), card.get("config", {}).get(k))
+                for k in set(stored) | set(card.get("config", {}))
+                if stored.get(k) != card.get("config", {}).get(k)}
+        raise CheckpointError(f"config mismatch between {path} and its card "
+                              f"(file, card): {diff}")
+    return UNetConfig(**stored)
+
+
+def load_model(name_or_path: str | Path, models_dir: str | Path | None = None,
+               device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Load a shipped model and its card: ``model, card = load_model("mnist-uncond")``.
+
+    ``name_or_path``: a name in ``models_dir`` (default $SFS_MODELS_DIR, else the repo's
+    models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it.
+    The weights are verified against the card first; the model comes back in fp32, eval mode.
+    Book appendix "The shipped models".
+    """
+    path = _resolve_model_path(name_or_path, models_dir)
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.safetensors"))
+        raise FileNotFoundError(f"no model {path}; models in {path.parent}: {known}")
+    card = read_card(path)
+    config = verify_checkpoint(path, card)
+    model = UNet(config)
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), card
+
+
+# ----------------------------------------------------------------------------------------------
+# Training states (resume).
+
+def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and the JSON-able rest."""
+    tensors, scalars = {}, {"param_groups": opt_state["param_groups"], "state": {}}
+    for idx, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars["state"].setdefault(str(idx), {})[key] = value
+    return tensors, scalars
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, entry in scalars["state"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = [{**g, **({"betas": tuple(g["betas"])} if "betas" in g else {})}
+              for g in scalars["param_groups"]]  # JSON turned the tuple into a list
+    return {"state": state, "param_groups": groups}
+
+
+def save_training_state(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                        extra: dict | None = None, keep: int = 2) -> Path:
+    """Write ``state-<step>.safetensors`` and its JSON sidecar into ``run_dir``; keep the last
+    ``keep`` states. Saves model, EMA, optimizer, the torch CPU (and CUDA) RNG and ``generator``.
+
+    Book ch. 6, sec. "Checkpoints and resuming". Returns the sidecar path.
+    """
+    run_dir = Path(run_dir)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    opt_tensors, opt_scalars = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state().cpu()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s.cpu()
+    tensor_path = run_dir / f"state-{step:07d}.safetensors"
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
+    sidecar = {"step": step, "optimizer": opt_scalars, "generator_device": str(generator.device),
+               "tensors": tensor_path.name, "tensors_sha256": sha256_file(tensor_path),
+               **(extra or {})}
+    json_path = tensor_path.with_suffix(".json")
+    write_json(json_path, sidecar)  # written last: its presence marks a complete state
+    for old in sorted(run_dir.glob("state-*.json"))[:-keep]:
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return json_path
+
+
+def latest_training_state(run_dir: str | Path) -> Path | None:
+    """The newest complete training state (its sidecar path) in ``run_dir``, or None.
+
+    A state whose tensors are missing or fail their sha256 (a crash mid-write) is skipped.
+    """
+    for json_path in sorted(Path(run_dir).glob("state-*.json"), reverse=True):
+        try:
+            sidecar = json.loads(json_path.read_text())
+            tensor_path = json_path.with_name(sidecar["tensors"])
+            if tensor_path.is_file() and sha256_file(tensor_path) == sidecar["tensors_sha256"]:
+                return json_path
+        except (ValueError, KeyError, OSError):
+            continue
+    return None
+
+
+def load_training_state(json_path: str | Path, model: nn.Module, ema: nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
+    """Restore what ``save_training_state`` wrote, in place; return the sidecar (step, extras).
+
+    Book ch. 6, sec. "Checkpoints and resuming".
+    """
+    json_path = Path(json_path)
+    sidecar = json.loads(json_path.read_text())
+    tensors = load_file(str(json_path.with_name(sidecar["tensors"])))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, sidecar["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    generator.set_state(tensors["rng.generator"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors))
+                   if f"rng.cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return sidecar
+
+
+# ----------------------------------------------------------------------------------------------
+# The human model card.
+
+def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
+                        losses: list[float]) -> Path:
+    """Write the human model card ``<name>.md`` with ``<name>-samples.png`` and ``<name>-loss.png``.
+
+    samples: (N, 1, H, W) in [-1, 1], drawn from the model (e.g. 64 for an 8x8 grid);
+    losses: the training loss per step. Book appendix "The shipped models".
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    md_path = Path(md_path)
+    stem = md_path.stem
+    grid_png, loss_png = md_path.with_name(f"{stem}-samples.png"), md_path.with_name(f"{stem}-loss.png")
+    nrow = max(1, int(len(samples) ** 0.5))
+    grid = make_grid((samples.float().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    plt.imsave(grid_png, grid[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = torch.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.5, alpha=0.4, label="loss per step")
+    if losses:
+        smooth, avg = [], losses[0]
+        for v in losses:
+            avg = 0.98 * avg + 0.02 * v
+            smooth.append(avg)
+        ax.plot(steps, smooth, lw=1.5, label="moving average (0.98)")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"{stem}: training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(loss_png, dpi=100)
+    plt.close(fig)
+
+    cfg = card.get("config", {})
+    rows = [("architecture", f"sfs.unet.UNet, {card.get('params', '?'):,} parameters"
+             if isinstance(card.get("params"), int) else "sfs.unet.UNet"),
+            ("config", ", ".join(f"{k}={v}" for k, v in cfg.items())),
+            ("prediction target", card.get("target")),
+            ("schedule", f"{card.get('schedule')}, T={card.get('T')}"),
+            ("data", f"{card.get('data')} train split, sha256 {card.get('data_sha256')}"),
+            ("training", f"{card.get('steps')} steps, batch {card.get('batch_size')}, "
+                         f"lr {card.get('lr')}, EMA {card.get('ema_decay')}"),
+            ("final loss (mean of last 100 steps)", card.get("final_loss")),
+            ("wall time", f"{card.get('wall_time_s', 0):.0f} s on {card.get('machine')}"),
+            ("code version", card.get("git_commit")),
+            ("weights", f"{card.get('file')} ({card.get('dtype')}), sha256 {card.get('file_sha256')}")]
+    lines = [f"# Model card: {stem}", "",
+             card.get("description", "A denoising U-Net trained with sfs."), "",
+             "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "Trained with:", "", "```bash", card.get("command", "?"), "```", "",
+              "Load it with:", "", "```python", "from sfs.checkpoints import load_model",
+              f'model, card = load_model("{stem}")', "```", "",
+              f"## Samples ({card.get('sampler', 'DDIM')})", "", f"![samples]({grid_png.name})", "",
+              "## Loss curve", "", f"![loss]({loss_png.name})", ""]
+    md_path.write_text("\n".join(lines))
+    return md_path
