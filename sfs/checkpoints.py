@@ -1,6 +1,6 @@
 """Checkpoints: shipped models with model cards, and training states to resume from.
 
-Book ch. 6, sec. "Training the U-Net" (and the appendix "The shipped models"). Everything is
+Book ch. 6, sec. "The training loop" and sec. "The shipped models". Everything is
 stored as safetensors, never pickle: loading a checkpoint cannot run code.
 
 A shipped model ``models/<name>`` is three files (plus two pictures):
@@ -125,7 +125,7 @@ def save_checkpoint(path: str | Path, model: UNet, config: UNetConfig, card: dic
 
     The config goes into the safetensors metadata and into the card; the card gets the file's
     sha256 and size. Both writes are atomic. Returns the card as written.
-    Book appendix "The shipped models".
+    Book ch. 6, sec. "The shipped models".
     """
     path = Path(path)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
@@ -193,7 +193,7 @@ def load_model(name_or_path: str | Path, models_dir: str | Path | None = None,
     ``name_or_path``: a name in ``models_dir`` (default $SFS_MODELS_DIR, else the repo's
     models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it.
     The weights are verified against the card first; the model comes back in fp32, eval mode.
-    Book appendix "The shipped models".
+    Book ch. 6, sec. "The shipped models".
     """
     path = _resolve_model_path(name_or_path, models_dir)
     if not path.is_file():
@@ -311,7 +311,7 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     """Write the human model card ``<name>.md`` with ``<name>-samples.png`` and ``<name>-loss.png``.
 
     samples: (N, 1, H, W) in [-1, 1], drawn from the model (e.g. 64 for an 8x8 grid);
-    losses: the training loss per step. Book appendix "The shipped models".
+    losses: the training loss per step. Book ch. 6, sec. "The shipped models".
     """
     import matplotlib
     matplotlib.use("Agg")
