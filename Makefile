@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: book test clean-book clean env notebooks
+.PHONY: book test clean-book clean env notebooks browser-test
 
 env: $(STAMP)
 
@@ -27,6 +27,13 @@ test: $(STAMP)
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
+
+notebooks: $(STAMP)
+	$(PY) tools/sync_notebooks.py
+
+# the built book in headless Debian chromium (apt-get install chromium), network off; after `make book`
+browser-test: $(STAMP)
+	SFS_BROWSER_TEST=1 $(PY) -m pytest -q tests/browser
 
 clean-book:
 	rm -rf _build

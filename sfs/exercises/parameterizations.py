@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from sfs import parameterizations as P
 from sfs.exercises.core import Case, Exercise, Mistake, float64, random_t
 from sfs.schedules import cosine_schedule, linear_schedule
+
+
+def _lib():
+    """``sfs.parameterizations``, the reference, imported when a check runs."""
+    from sfs import parameterizations
+    return parameterizations
 
 
 def _b(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,7 @@ def _x0(s, x_t, t, eps, sign=-1, sqrt=True, mul=False, ab=None):
 
 x0_from_eps = Exercise(
     "x0_from_eps",
-    reference=lambda s, x_t, t, eps: P.x0_from_eps(s, x_t, t, eps),
+    reference=lambda s, x_t, t, eps: _lib().x0_from_eps(s, x_t, t, eps),
     cases=_cases,
     solution=x0_from_eps_solution,
     hint="Start from x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps: subtract the noise term, "
@@ -85,7 +90,7 @@ def _v(s, x0, t, eps, sign=1, sqrt=True, swap=False):
 
 v_target = Exercise(
     "v_target",
-    reference=lambda s, x0, t, eps: P.v_target(s, x0, eps, t),
+    reference=lambda s, x0, t, eps: _lib().v_target(s, x0, eps, t),
     cases=_cases,
     solution=v_target_solution,
     hint="v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0: the velocity of x_t along the circle "
