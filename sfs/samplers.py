@@ -1,0 +1,244 @@
+"""Samplers: from noise x_T to an image x0, with the model's eps_hat, in T, 50 or 10 steps.
+
+Book chapter 7 ("Sampling"). Every sampler is a plain function with one visible loop:
+
+    x0 = sample_x(model, x_T, schedule, ..., cond=None, clip_x0=False, callback=None, generator=None)
+
+- ``model(x_t, t, cond) -> eps_hat`` is the one model contract; guidance is a wrapper with the same
+  contract (``sfs.guidance``), so every sampler supports it without a flag.
+- ``x_T`` (B, ...) is the initial noise, drawn by the caller; noise needed along the way is drawn from
+  ``generator``, so the same x_T and the same seeded generator give the same images.
+- ``callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))`` is called once per model evaluation, with the
+  model's input x_t (B, ...) at code timestep t and its denoised guess x0_hat (B, ...).
+- ``clip_x0=True`` clips x0_hat to [-1, 1] at every step (Ho et al. 2020's sampler does); the result
+  is then in [-1, 1] too.
+
+Timesteps are code indices 0..T-1 (book step t = code t + 1, see ``sfs.schedules``). The last step of
+every sampler adds no noise: it returns the model's final x0_hat.
+
+Notation: alpha_bar_t -> ``alpha_bar``; in the ODE solver, alpha_t = sqrt(alpha_bar_t) (signal scale),
+sigma_t = sqrt(1 - alpha_bar_t) (noise scale) and lambda_t = log(alpha_t / sigma_t) (half log-SNR).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from sfs.forward import q_posterior
+from sfs.parameterizations import eps_from_x0, x0_from_eps
+from sfs.schedules import Schedule
+
+Callback = Callable[[dict], None] | None
+SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic")
+VARIANCES = ("beta", "posterior")
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks shared by the samplers: each error names the parameter and what it accepts.
+
+def check_x_T(model: nn.Module, x_T: torch.Tensor, cond: torch.Tensor | None = None) -> None:
+    """Raise ValueError unless x_T (B, C, H, W) fits ``model.config`` and cond is None or (B,) int."""
+    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.ndim < 2:
+        raise ValueError(f"x_T must be a float tensor of shape (B, ...), got {getattr(x_T, 'shape', x_T)!r}")
+    config = getattr(model, "config", None)
+    C, S = getattr(config, "in_channels", None), getattr(config, "image_size", None)
+    if C is not None and S is not None and tuple(x_T.shape[1:]) != (C, S, S):
+        raise ValueError(f"x_T must have shape (B, in_channels, image_size, image_size) = (B, {C}, {S}, {S}) "
+                         f"for this model, got {tuple(x_T.shape)}")
+    if cond is not None:
+        if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.shape != x_T.shape[:1]:
+            raise ValueError(f"cond must be None or an int64 tensor of shape (B,) = ({x_T.shape[0]},), "
+                             f"got {getattr(cond, 'shape', cond)!r}")
+        K = getattr(config, "num_classes", None)
+        if K is not None and len(cond) and (int(cond.min()) < 0 or int(cond.max()) > K):
+            raise ValueError(f"cond must hold labels in [0, num_classes] = [0, {K}] ({K}: no class), "
+                             f"got values in [{int(cond.min())}, {int(cond.max())}]")
+
+
+def _check_steps(steps: int, T: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an int in [1, T] = [1, {T}], got {steps!r}")
+    return steps
+
+
+def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
+    """Timestep t as an int64 (B,) tensor on x's device: what the model expects."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def _denoise(model: nn.Module, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+             cond: torch.Tensor | None, clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One model call -> (eps_hat, x0_hat), both (B, ...). With clip_x0, x0_hat is clipped to
+    [-1, 1] and eps_hat recomputed from it, so the two stay consistent. Book eq. (4.1)."""
+    eps_hat = model(x_t, t, cond)
+    x0_hat = x0_from_eps(schedule, x_t, t, eps_hat)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = eps_from_x0(schedule, x_t, t, x0_hat)
+    return eps_hat, x0_hat
+
+
+# ----------------------------------------------------------------------------------------------
+# DDPM: ancestral sampling, T steps.
+
+@torch.no_grad()
+def ddpm_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, variance: str = "beta",
+                cond: torch.Tensor | None = None, clip_x0: bool = False, callback: Callback = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral sampling through all T steps: x_{t-1} = mu_theta(x_t, t) + sigma_t z.
+
+    Book eq. (7.1); Ho et al. 2020, Alg. 2 and eq. 11. The mean is the posterior mean of
+    q(x_{t-1} | x_t, x0 = x0_hat) (book eq. (3.2)); the reverse variance sigma_t^2 is chosen
+    explicitly: ``variance="beta"`` (sigma_t^2 = beta_t, the upper bound) or ``"posterior"``
+    (sigma_t^2 = tilde beta_t, the lower bound; Ho et al. 2020, sec. 3.2). No noise at the last
+    step (t = 0). x_T: (B, ...) ~ N(0, I); cond: (B,) or None. Returns x0: (B, ...).
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    check_x_T(model, x_T, cond)
+    var = schedule.betas if variance == "beta" else schedule.posterior_variance  # (T,)
+    x_t = x_T
+    for i, t in enumerate(range(schedule.T - 1, -1, -1)):
+        tt = _batch_t(t, x_t)
+        _, x0_hat = _denoise(model, schedule, x_t, tt, cond, clip_x0)
+        if callback is not None:
+            callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))
+        mean, _, _ = q_posterior(schedule, x0_hat, x_t, tt)  # at t = 0 the mean is x0_hat
+        if t > 0:
+            z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_t = mean + var[t].sqrt().item() * z
+        else:
+            x_t = mean
+    return x_t
+
+
+# ----------------------------------------------------------------------------------------------
+# DDIM: a non-Markovian process with the same marginals, any subsequence of timesteps.
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
+    """The ``steps`` code timesteps a short sampler visits, noisiest first: int64 (steps,).
+
+    - ``"uniform"``: 0, c, 2c, ..., (steps - 1) c with c = T // steps ("leading"; Song et al. 2021,
+      sec. 5 "linear" and the original DDIM code). It never visits t = T - 1, the pure-noise end.
+    - ``"trailing"``: round(T - k T / steps) - 1 for k = 0..steps-1, so the first step is t = T - 1
+      (Lin et al. 2023, sec. 3.4, Table 2).
+    - ``"quadratic"``: floor((k / (steps - 1))^2 * 0.8 T), Song et al. 2021, app. D.2 (their CIFAR10
+      setting). It starts at 0.8 T, not at the pure-noise end.
+    - ``"time_quadratic"``: round((k / (steps - 1))^2 (T - 1)), from T - 1 down to 0, dense near the
+      data end where x0_hat changes fastest (Lu et al. 2022, app. D "time quadratic"; the default of
+      ``dpm_solver_2m_sample``).
+    In the quadratic spacings, repeated small values are pushed up by one so the sequence stays
+    strictly increasing.
+    """
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an int >= 1, got {T!r}")
+    _check_steps(steps, T)
+    if spacing == "uniform":
+        ts = torch.arange(steps, dtype=torch.long) * (T // steps)
+    elif spacing == "trailing":
+        ts = torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long().flip(0) - 1
+    elif spacing in ("quadratic", "time_quadratic"):
+        if spacing == "quadratic":
+            ts = (torch.linspace(0, math.sqrt(0.8 * T), steps, dtype=torch.float64) ** 2).floor().long()
+        else:
+            ts = (torch.linspace(1, 0, steps, dtype=torch.float64).flip(0) ** 2 * (T - 1)).round().long()
+        for k in range(1, steps):  # keep strictly increasing: 0, 0, 1, ... -> 0, 1, 2, ...
+            ts[k] = max(ts[k], ts[k - 1] + 1)
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return ts.flip(0)  # noisiest first
+
+
+def ddim_sigma(alpha_bar_t: torch.Tensor | float, alpha_bar_prev: torch.Tensor | float,
+               eta: float) -> torch.Tensor:
+    """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev).
+
+    Book eq. (7.3); Song et al. 2021, eq. 16. eta = 0: deterministic DDIM; eta = 1 and consecutive
+    steps: sigma_t^2 = tilde beta_t, the DDPM posterior variance (book eq. (3.1)).
+    """
+    a_t, a_prev = torch.as_tensor(alpha_bar_t), torch.as_tensor(alpha_bar_prev)
+    return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+
+
+@torch.no_grad()
+def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: int = 50,
+                eta: float = 0.0, spacing: str = "uniform", cond: torch.Tensor | None = None,
+                clip_x0: bool = False, callback: Callback = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDIM: x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z.
+
+    Book eq. (7.2); Song et al. 2021, eq. 12, with sigma = ``ddim_sigma(.., eta)`` (eq. 16) over the
+    timesteps ``ddim_timesteps(T, steps, spacing)``; after the last one alpha_bar_prev = 1, so the
+    last step returns x0_hat, noise-free. eta = 0 is deterministic (the generator is never used);
+    eta = 1 with steps = T is DDPM with the posterior variance. x_T: (B, ...); returns x0 (B, ...).
+    """
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic, 1: DDPM-like), got {eta!r}")
+    check_x_T(model, x_T, cond)
+    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    alpha_bar = schedule.alpha_bar.double()  # (T,)
+    x_t = x_T
+    for i, t in enumerate(ts):
+        eps_hat, x0_hat = _denoise(model, schedule, x_t, _batch_t(t, x_t), cond, clip_x0)
+        if callback is not None:
+            callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))
+        a_t = alpha_bar[t]
+        a_prev = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), dtype=torch.float64)
+        sigma = ddim_sigma(a_t, a_prev, eta)
+        x_t = a_prev.sqrt().item() * x0_hat + (1 - a_prev - sigma**2).sqrt().item() * eps_hat
+        if sigma > 0:
+            z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_t = x_t + sigma.item() * z
+    return x_t
+
+
+# ----------------------------------------------------------------------------------------------
+# DPM-Solver++(2M): a second-order multistep solver of the probability-flow ODE in log-SNR.
+
+@torch.no_grad()
+def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: int = 20,
+                         spacing: str = "time_quadratic", cond: torch.Tensor | None = None,
+                         clip_x0: bool = False, callback: Callback = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M): ``steps`` model evaluations, deterministic.
+
+    Book eqs. (7.4)-(7.5); Lu et al. 2022 ("DPM-Solver++"), Alg. 2. With alpha = sqrt(alpha_bar),
+    sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma) and h = lambda_next - lambda_t, one step
+    integrates the probability-flow ODE exactly in its linear part (an exponential integrator):
+
+        x_next = (sigma_next / sigma_t) x_t - alpha_next (exp(-h) - 1) D,
+
+    where D = x0_hat (first step) or D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h:
+    the data prediction extrapolated linearly in lambda from the previous step (second order).
+    Timesteps: ``ddim_timesteps(T, steps, spacing)``; the default "time_quadratic" runs from T - 1 to
+    0, so the final x0_hat (the last step, to alpha_bar = 1, where D = x0_hat: Lu et al. 2022's
+    "lower order final") is taken at the smallest noise level. ``generator`` is unused (ODE).
+    x_T: (B, ...); returns x0 (B, ...).
+    """
+    check_x_T(model, x_T, cond)
+    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    alpha_bar = schedule.alpha_bar.double()  # (T,)
+    lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
+    x_t, x0_prev, h_prev = x_T, None, None
+    for i, t in enumerate(ts):
+        _, x0_hat = _denoise(model, schedule, x_t, _batch_t(t, x_t), cond, clip_x0)
+        if callback is not None:
+            callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))
+        if i + 1 == len(ts):  # last step to lambda = +inf (sigma = 0): x_next = x0_hat exactly
+            x_t = x0_hat
+            break
+        s = ts[i + 1]
+        h = (lam[s] - lam[t]).item()
+        if x0_prev is None:
+            D = x0_hat
+        else:
+            r = h_prev / h
+            D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
+        sigma_ratio = ((1 - alpha_bar[s]) / (1 - alpha_bar[t])).sqrt().item()
+        x_t = sigma_ratio * x_t - alpha_bar[s].sqrt().item() * math.expm1(-h) * D
+        x0_prev, h_prev = x0_hat, h
+    return x_t
