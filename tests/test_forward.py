@@ -39,7 +39,7 @@ def test_q_sample_is_the_closed_form(s64):
 def test_closed_form_matches_step_by_step_chain(s64):
     """Running q_step t+1 times gives the marginal of eq. (1.3): mean sqrt(ab) x0, var 1 - ab."""
     g = torch.Generator().manual_seed(0)
-    n, k = 100_000, 30
+    n, k = 30_000, 30  # below torch's 32768-element threshold for multithreaded elementwise ops
     x0 = torch.tensor([1.5, -0.5], dtype=torch.float64).repeat(n // 2)[:, None]  # (n, 1)
     x, mean_only = x0.clone(), x0.clone()
     for t in range(k + 1):
@@ -50,11 +50,11 @@ def test_closed_form_matches_step_by_step_chain(s64):
     torch.testing.assert_close(mean_only, ab.sqrt() * x0)  # exact: prod sqrt(alpha) = sqrt(ab)
     for sign in (0, 1):
         xs = x[sign::2, 0]
-        assert xs.mean().item() == pytest.approx((ab.sqrt() * x0[sign, 0]).item(), abs=0.015)
-        assert xs.var().item() == pytest.approx((1 - ab).item(), rel=0.02)
+        assert xs.mean().item() == pytest.approx((ab.sqrt() * x0[sign, 0]).item(), abs=0.03)
+        assert xs.var().item() == pytest.approx((1 - ab).item(), rel=0.04)
     # The closed form gives the same distribution.
     y = q_sample(s64, x0, torch.full((n,), k), generator=g)
-    assert (y.var() - x.var()).abs().item() < 0.03
+    assert (y.var() - x.var()).abs().item() < 0.04
 
 
 @pytest.mark.parametrize("zero_terminal", [False, True])
