@@ -184,7 +184,11 @@ def nll_bpd(model, schedule: Schedule, x0: torch.Tensor, variance: str = "beta",
         raise ValueError(f"t_stride must be an int >= 1, got {t_stride!r}")
     B, T = x0.shape[0], schedule.T
     log_var_all = reverse_log_variance(schedule, variance)
-    offset = int(torch.randint(t_stride, (1,), generator=generator)) if t_stride > 1 else 0
+    if t_stride > 1:  # a random offset, drawn on the generator's device
+        offset = int(torch.randint(t_stride, (1,), generator=generator,
+                                   device=generator.device if generator is not None else "cpu"))
+    else:
+        offset = 0
     ts = [0] + list(range(1 + offset, T, t_stride))
     terms = []
     for t_int in ts:
