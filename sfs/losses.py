@@ -37,7 +37,7 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
     weighting "snr": lambda = snr (the eps loss of eq. (3.7), whatever the target);
     "min_snr": lambda = min(snr, gamma) (Hang et al. 2023, eq. 8); None: weight 1 for every target.
     """
-    t = check_t(schedule, t, t.shape[0] if isinstance(t, torch.Tensor) else 1)
+    t = check_t(schedule, t, t.numel() if isinstance(t, torch.Tensor) else 1)
     snr = schedule.snr.to(t.device)[t]
     if weighting is None:
         return torch.ones_like(snr)
