@@ -307,11 +307,12 @@ def load_training_state(json_path: str | Path, model: nn.Module, ema: nn.Module,
 # The human model card.
 
 def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
-                        losses: list[float]) -> Path:
+                        losses: list[float], nrow: int | None = None) -> Path:
     """Write the human model card ``<name>.md`` with ``<name>-samples.png`` and ``<name>-loss.png``.
 
     samples: (N, 1, H, W) in [-1, 1], drawn from the model (e.g. 64 for an 8x8 grid);
-    losses: the training loss per step. Book ch. 6, sec. "The shipped models".
+    losses: the training loss per step; nrow: images per grid row (default about sqrt(N)).
+    Book ch. 6, sec. "The shipped models".
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -321,7 +322,7 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     md_path = Path(md_path)
     stem = md_path.stem
     grid_png, loss_png = md_path.with_name(f"{stem}-samples.png"), md_path.with_name(f"{stem}-loss.png")
-    nrow = max(1, int(len(samples) ** 0.5))
+    nrow = nrow or max(1, int(len(samples) ** 0.5))
     grid = make_grid((samples.float().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
     plt.imsave(grid_png, grid[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
 

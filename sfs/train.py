@@ -1,0 +1,397 @@
+"""Training the U-Net: the loop of Ho et al. 2020, Alg. 1, with the habits that make it work.
+
+Book ch. 6, sec. "The training loop". One step:
+
+    x0, y  <- a batch of images and labels (a per-epoch permutation fixed by the seed)
+    t      ~ Uniform{0, ..., T-1};  eps ~ N(0, I);  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+    y      <- null label with probability 0.1 (so the same network also learns p(x); for CFG)
+    loss   =  || eps - eps_hat(x_t, t, y) ||^2          (book eq. (3.7))
+    AdamW step (linear warmup, gradient clipping), then EMA of the weights
+
+Everything random is drawn from generators whose states go into the checkpoint, and each step's
+batch is a function of (seed, step), so a run that is killed and resumed ends with the same
+weights as one that never stopped. The run folder holds ``config.json``, ``loss.jsonl`` (one line
+per step), ``samples/step-XXXXXXX.png`` grids and the last two training states.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from sfs.checkpoints import (latest_training_state, load_training_state, resolve_models_dir,
+                             save_checkpoint, save_training_state, write_json, write_model_card_md)
+from sfs.data import ImageDataset, load_dataset, to_uint8
+from sfs.forward import q_sample
+from sfs.losses import simple_loss
+from sfs.parameterizations import eps_from_v, eps_from_x0, x0_from_eps, x0_from_v
+from sfs.schedules import Schedule, cosine_schedule, linear_schedule
+from sfs.unet import UNet, UNetConfig, count_params
+
+SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` in the run folder."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    data: str = "mnist"  # "mnist" or "fashion-mnist"
+    data_dir: str | None = None  # folder with the IDX files; None: $SFS_DATA_DIR
+    conditional: bool = False  # learn p(x | y) and p(x) together (label dropout), for CFG
+    label_dropout: float = 0.1  # probability of replacing a label by the null label
+    schedule: str = "cosine"  # "cosine" (Nichol & Dhariwal 2021) or "linear" (Ho et al. 2020)
+    T: int = 1000  # diffusion steps
+    target: str = "eps"  # what the network predicts: "eps", "x0" or "v"
+    steps: int = 4000  # optimizer steps
+    minutes: float | None = None  # also stop (checkpoint, export) after this much training time
+    batch_size: int = 128
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    warmup_steps: int = 200  # linear warmup from 0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (off, as in DDPM)
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # EMA of the weights, warmed up as min(decay, (1 + s) / (10 + s))
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    channels_last: bool = False  # NHWC memory layout
+    compile: bool = False  # torch.compile the training forward
+    out: str = "runs/default"  # run folder: checkpoints, loss log, sample grids
+    ckpt_every: int = 500  # steps between training states
+    sample_every: int = 1000  # steps between sample grids (0: never)
+    sample_n: int = 64  # images per grid
+    sample_steps: int = 50  # DDIM steps for the grids
+    guidance_scale: float = 3.0  # CFG scale of the conditional grids (1: no guidance)
+    log_every: int = 50  # steps between progress-bar and loss-log flushes
+    export: str | None = None  # write the EMA weights as models/<export>.safetensors + card
+    models_dir: str | None = None  # where --export writes; None: $SFS_MODELS_DIR or repo models/
+    command: str | None = None  # the command line that started the run (for the model card)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict."""
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop.
+
+def lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then constant. Book ch. 6, sec. "The recipe"."""
+    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model with d = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up of d keeps early, random weights from lingering. Book ch. 6, sec. "EMA of the weights".
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - d)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int,
+                  cache: dict | None = None) -> torch.Tensor:
+    """Indices (batch_size,) of the batch for ``step``: a slice of a permutation of range(n) seeded
+    by (seed, epoch). A function of (seed, step) alone, so a resumed run sees the same batches.
+
+    Book ch. 6, sec. "Checkpoints and resuming". The last incomplete batch of an epoch is dropped.
+    """
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size={batch_size} is larger than the data set ({n} images)")
+    epoch, i = divmod(step, per_epoch)
+    if cache is None or cache.get("epoch") != epoch:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        if cache is None:
+            return perm[i * batch_size:(i + 1) * batch_size]
+        cache.update(epoch=epoch, perm=perm)
+    return cache["perm"][i * batch_size:(i + 1) * batch_size]
+
+
+def _to_eps_x0(schedule: Schedule, target: str, out: torch.Tensor, x_t: torch.Tensor,
+               t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if target == "eps":
+        return out, x0_from_eps(schedule, x_t, t, out)
+    if target == "v":
+        return eps_from_v(schedule, x_t, t, out), x0_from_v(schedule, x_t, t, out)
+    return eps_from_x0(schedule, x_t, t, out), out
+
+
+@torch.no_grad()
+def _ddim_grid(model: nn.Module, schedule: Schedule, n: int, cond: torch.Tensor | None,
+               steps: int = 50, guidance_scale: float = 1.0, target: str = "eps",
+               seed: int = 0, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0, Song et al. 2021, eq. 12) for the training-time grids only;
+    the samplers of the book live in ``sfs.samplers``. Returns (n, *image_shape) in [-1, 1]."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    x_t = torch.randn(n, *image_shape, generator=g, device=device)
+    ts = torch.linspace(schedule.T - 1, 0, steps).round().long().tolist()
+    alpha_bar = schedule.alpha_bar.to(device)
+    for i, t_now in enumerate(ts):
+        t = torch.full((n,), t_now, dtype=torch.long, device=device)
+        out = model(x_t, t, cond).float()
+        if cond is not None and guidance_scale != 1.0:  # plain CFG formula, book ch. 8
+            out_uncond = model(x_t, t, None).float()
+            out = out_uncond + guidance_scale * (out - out_uncond)
+        eps_hat, x0_hat = _to_eps_x0(schedule, target, out, x_t, t)
+        x0_hat = x0_hat.clamp(-1, 1)
+        eps_hat = eps_from_x0(schedule, x_t, t, x0_hat)
+        ab_prev = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=device)
+        x_t = ab_prev.sqrt() * x0_hat + (1 - ab_prev).sqrt() * eps_hat
+    return x_t
+
+
+def sample_grid(ema: nn.Module, schedule: Schedule, cfg: TrainConfig, num_classes: int | None
+                ) -> torch.Tensor:
+    """The run's sample grid from the EMA model, always from the same noise: (sample_n, 1, 28, 28).
+
+    Conditional models get labels 0, 1, ..., 9, 0, 1, ... (one class per column of a 10-wide
+    grid) with guidance ``cfg.guidance_scale``.
+    """
+    device = next(ema.parameters()).device
+    cond = None
+    if num_classes is not None:
+        cond = torch.arange(cfg.sample_n, device=device) % num_classes
+    was_training = ema.training
+    ema.eval()
+    x0 = _ddim_grid(ema, schedule, cfg.sample_n, cond, cfg.sample_steps, cfg.guidance_scale,
+                    cfg.target, seed=cfg.seed, image_shape=(cfg.model.in_channels, 28, 28))
+    ema.train(was_training)
+    return x0
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
+    """Save (N, 1, H, W) images in [-1, 1] as one PNG grid."""
+    from torchvision.utils import save_image
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, int(math.sqrt(len(images))))
+    save_image((images.float().clamp(-1, 1) + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def data_sha256(dataset: ImageDataset) -> str:
+    """sha256 of the data as uint8 pixels followed by int64 labels: names the exact training set."""
+    import hashlib
+    h = hashlib.sha256(to_uint8(dataset.images).numpy().tobytes())
+    h.update(dataset.labels.numpy().astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def machine_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3' or the CPU model with its core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with '-dirty' when sfs/ has uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfs"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _read_losses(log_path: Path, upto: int | None = None) -> list[dict]:
+    if not log_path.is_file():
+        return []
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
+          on_step: Callable[[int], None] | None = None, progress: bool = True) -> nn.Module:
+    """Train (or resume) a U-Net as configured; return the EMA model (eval mode).
+
+    Resumes from the newest training state in ``cfg.out`` when there is one. ``dataset``
+    overrides ``cfg.data`` (tests pass the bundled sample); ``on_step(step)`` is called after
+    each optimizer step. Book ch. 6, sec. "The training loop"; Ho et al. 2020, Alg. 1.
+    """
+    if cfg.target not in ("eps", "x0", "v"):
+        raise ValueError(f"target must be 'eps', 'x0' or 'v', got {cfg.target!r}")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "loss.jsonl"
+
+    if dataset is None:
+        dataset = load_dataset(cfg.data, "train", cfg.data_dir)
+    images = dataset.images.to(device)  # (N, 1, 28, 28): the whole set lives on the device
+    labels = dataset.labels.to(device)  # (N,)
+    num_classes = len(dataset.classes) if cfg.conditional else None
+    cfg.model.num_classes = num_classes
+    schedule = SCHEDULES[cfg.schedule](cfg.T).to(device)
+
+    torch.manual_seed(cfg.seed)  # parameter init and dropout
+    model = UNet(cfg.model).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    generator = torch.Generator(device).manual_seed(cfg.seed)  # t, eps, label dropout
+    forward = torch.compile(model) if cfg.compile else model
+
+    step, wall_time = 0, 0.0
+    state = latest_training_state(run_dir)
+    if state is not None:
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved["model"] != cfg.model.to_dict() or saved["data"] != cfg.data:
+            raise ValueError(f"{run_dir} holds a run with another model or data set; "
+                             f"use another --out (saved: {saved['model']}, {saved['data']})")
+        sidecar = load_training_state(state, model, ema, optimizer, generator)
+        step, wall_time = sidecar["step"], sidecar.get("wall_time_s", 0.0)
+        kept = _read_losses(log_path, upto=step)  # drop lines logged after the checkpoint
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        write_json(run_dir / "config.json", cfg.to_dict())
+        log_path.write_text("")
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
+               desc=f"train {cfg.data}")
+    if progress:
+        bar.write(f"{count_params(model):,} parameters on {machine_name(device)}; "
+                  f"{f'resuming at step {step}' if step else 'starting'} in {run_dir}")
+    pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until a flush
+    perm_cache: dict = {}
+    t_start, t_flush, imgs_since = time.perf_counter(), time.perf_counter(), 0
+    model.train()
+
+    def flush() -> None:
+        nonlocal t_flush, imgs_since
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one sync
+        with open(log_path, "a") as f:
+            for (s, _, lr), v in zip(pending, values):
+                f.write(json.dumps({"step": s, "loss": round(v, 6), "lr": lr}) + "\n")
+        rate = imgs_since / max(time.perf_counter() - t_flush, 1e-9)
+        bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", img_s=f"{rate:.0f}")
+        bar.update(pending[-1][0] - bar.n)
+        pending.clear()
+        t_flush, imgs_since = time.perf_counter(), 0
+
+    def checkpoint() -> None:
+        flush()
+        save_training_state(run_dir, step, model, ema, optimizer, generator,
+                            extra={"wall_time_s": wall_time + time.perf_counter() - t_start})
+
+    deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
+    while step < cfg.steps:
+        idx = batch_indices(images.shape[0], cfg.batch_size, cfg.seed, step, perm_cache).to(device)
+        x0 = images[idx].contiguous(memory_format=memory_format)  # (B, 1, 28, 28)
+        B = x0.shape[0]
+        t = torch.randint(0, schedule.T, (B,), generator=generator, device=device)
+        eps = torch.randn(x0.shape, generator=generator, device=device)
+        x_t = q_sample(schedule, x0, t, eps)
+        y = None
+        if num_classes is not None:
+            drop = torch.rand(B, generator=generator, device=device) < cfg.label_dropout
+            y = torch.where(drop, torch.full_like(labels[idx], num_classes), labels[idx])
+
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = forward(x_t, t, y)
+        loss = simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema_update(ema, model, cfg.ema_decay, step)
+        step += 1
+        imgs_since += B
+        pending.append((step, loss.detach(), lr))
+
+        if step % cfg.log_every == 0:
+            flush()
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            save_grid(sample_grid(ema, schedule, cfg, num_classes),
+                      run_dir / "samples" / f"step-{step:07d}.png", nrow=num_classes)
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+            checkpoint()
+        if on_step is not None:
+            on_step(step)
+        if out_of_time:
+            break
+    flush()
+    bar.close()
+    wall_time += time.perf_counter() - t_start
+
+    if cfg.export:
+        export(cfg, ema, schedule, dataset, run_dir, step, wall_time, device)
+    return ema
+
+
+def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageDataset,
+           run_dir: Path, step: int, wall_time: float, device: torch.device) -> Path:
+    """Write the EMA weights as ``models/<cfg.export>.safetensors`` (fp16) with its JSON and
+    Markdown model cards. Book ch. 6, sec. "The shipped models". Returns the weights path."""
+    models_dir = resolve_models_dir(cfg.models_dir)
+    path = models_dir / f"{cfg.export}.safetensors"
+    losses = [r["loss"] for r in _read_losses(run_dir / "loss.jsonl")]
+    kind = f"class-conditional (CFG, null label {cfg.model.num_classes})" if cfg.conditional \
+        else "unconditional"
+    card = {
+        "description": f"A {kind} eps-prediction U-Net for {cfg.data} 28x28, trained with sfs."
+        if cfg.target == "eps" else f"A {kind} {cfg.target}-prediction U-Net for {cfg.data}.",
+        "architecture": "sfs.unet.UNet", "params": count_params(ema),
+        "target": cfg.target, "schedule": cfg.schedule, "T": cfg.T,
+        "data": cfg.data, "data_sha256": data_sha256(dataset), "data_size": len(dataset),
+        "conditional": cfg.conditional, "label_dropout": cfg.label_dropout if cfg.conditional else None,
+        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "warmup_steps": cfg.warmup_steps, "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
+        "bf16": cfg.bf16, "seed": cfg.seed,
+        "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
+        "wall_time_s": round(wall_time, 1), "machine": machine_name(device),
+        "torch": torch.__version__, "command": cfg.command or f"sfs.train.train({cfg!r})",
+        "git_commit": git_commit(),
+        "sampler": f"DDIM, {cfg.sample_steps} steps, eta 0"
+                   + (f", CFG scale {cfg.guidance_scale}" if cfg.conditional else ""),
+    }
+    ema_cpu = copy.deepcopy(ema).float().to("cpu", memory_format=torch.contiguous_format)
+    card = save_checkpoint(path, ema_cpu, cfg.model, card)
+    samples = sample_grid(ema, schedule, cfg, cfg.model.num_classes)
+    write_model_card_md(path.with_suffix(".md"), card, samples.cpu(), losses,
+                        nrow=cfg.model.num_classes)
+    return path
