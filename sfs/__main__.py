@@ -38,6 +38,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=["cosine", "linear"], default=d.schedule)
     g.add_argument("--T", type=int, default=d.T)
     g.add_argument("--target", choices=["eps", "x0", "v"], default=d.target)
+    g.add_argument("--weighting", choices=["min_snr"], default=d.weighting,
+                   help="loss weighting (default: none, the simple loss of Ho et al. 2020)")
     g = p.add_argument_group("model (sfs.unet.UNetConfig)")
     g.add_argument("--base-channels", type=int, default=m.base_channels)
     g.add_argument("--channel-mults", type=_ints, default=m.channel_mults, help="e.g. 1,2,2")

@@ -39,6 +39,12 @@ from sfs.schedules import Schedule, cosine_schedule, linear_schedule
 from sfs.unet import UNet, UNetConfig, count_params
 
 SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
+# Settings a resumed run may change: where and how fast it runs, and what it writes. Any other
+# change (model, data, lr, seed, ...) would make the result differ from an uninterrupted run;
+# another device or precision changes it only by floating-point rounding.
+RESUMABLE_CHANGES = {"steps", "minutes", "data_dir", "device", "bf16", "channels_last", "compile",
+                     "out", "ckpt_every", "sample_every", "sample_n", "sample_steps",
+                     "guidance_scale", "log_every", "export", "models_dir", "command"}
 
 
 @dataclass
@@ -53,6 +59,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (Nichol & Dhariwal 2021) or "linear" (Ho et al. 2020)
     T: int = 1000  # diffusion steps
     target: str = "eps"  # what the network predicts: "eps", "x0" or "v"
+    weighting: str | None = None  # loss weighting: None (Ho et al.) or "min_snr" (Hang et al. 2023)
     steps: int = 4000  # optimizer steps
     minutes: float | None = None  # also stop (checkpoint, export) after this much training time
     batch_size: int = 128
@@ -272,10 +279,12 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
     step, wall_time = 0, 0.0
     state = latest_training_state(run_dir)
     if state is not None:
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved["model"] != cfg.model.to_dict() or saved["data"] != cfg.data:
-            raise ValueError(f"{run_dir} holds a run with another model or data set; "
-                             f"use another --out (saved: {saved['model']}, {saved['data']})")
+        saved, now = json.loads((run_dir / "config.json").read_text()), cfg.to_dict()
+        differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if differ:
+            changes = ", ".join(f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in differ)
+            raise ValueError(f"{run_dir} holds a run with other settings, so it cannot be resumed "
+                             f"with these: {changes}. Use another --out, or the same settings.")
         sidecar = load_training_state(state, model, ema, optimizer, generator)
         step, wall_time = sidecar["step"], sidecar.get("wall_time_s", 0.0)
         kept = _read_losses(log_path, upto=step)  # drop lines logged after the checkpoint
@@ -332,7 +341,8 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = forward(x_t, t, y)
-        loss = simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target)
+        loss = simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target,
+                           weighting=cfg.weighting)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -376,7 +386,7 @@ def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageD
         "description": f"A {kind} eps-prediction U-Net for {cfg.data} 28x28, trained with sfs."
         if cfg.target == "eps" else f"A {kind} {cfg.target}-prediction U-Net for {cfg.data}.",
         "architecture": "sfs.unet.UNet", "params": count_params(ema),
-        "target": cfg.target, "schedule": cfg.schedule, "T": cfg.T,
+        "target": cfg.target, "weighting": cfg.weighting, "schedule": cfg.schedule, "T": cfg.T,
         "data": cfg.data, "data_sha256": data_sha256(dataset), "data_size": len(dataset),
         "conditional": cfg.conditional, "label_dropout": cfg.label_dropout if cfg.conditional else None,
         "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr,

@@ -29,7 +29,8 @@ class Crash(Exception):
 
 
 def _cfg(out, **kw) -> TrainConfig:
-    return TrainConfig(model=UNetConfig(**TINY), steps=6, batch_size=8, lr=1e-3, warmup_steps=2,
+    kw = {"lr": 1e-3, **kw}
+    return TrainConfig(model=UNetConfig(**TINY), steps=6, batch_size=8, warmup_steps=2,
                        conditional=True, ckpt_every=3, sample_every=0, log_every=1, out=str(out),
                        device="cpu", **kw)
 
@@ -70,6 +71,13 @@ def test_a_killed_run_resumes_to_the_same_weights(straight_run, sample, tmp_path
     log_a = (straight_run / "loss.jsonl").read_text()
     assert log_a == (tmp_path / "loss.jsonl").read_text()  # the lost steps were logged once
     assert len(log_a.splitlines()) == 6
+
+
+def test_resuming_with_other_settings_is_refused(straight_run, sample):
+    cfg = _cfg(straight_run, lr=2e-3)
+    cfg.steps = 8  # allowed to change
+    with pytest.raises(ValueError, match="lr=0.001 there, 0.002 now"):
+        train(cfg, dataset=sample, progress=False)
 
 
 def test_another_seed_gives_other_weights(straight_run, sample, tmp_path):
