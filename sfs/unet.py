@@ -11,7 +11,8 @@ same layout as improved-diffusion) sized for 28x28 images:
 The timestep t enters every residual block as an embedding (sinusoidal features + an MLP). For
 classifier-free guidance a learned class embedding is added to it; its last entry, index
 ``num_classes``, is the "no class" label that ``cond=None`` stands for (Book ch. 8,
-sec. "Classifier-free guidance"). Each piece is its own small module so a chapter can build and probe it alone.
+sec. "Classifier-free guidance"). Each piece is its own small module, so a chapter can build and
+probe it alone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sfs.embeddings import timestep_embedding
 
 @dataclass
 class UNetConfig:
-    """Architecture of the U-Net. The defaults (~1.9 M parameters) train on a laptop CPU."""
+    """Architecture of the U-Net. The defaults: 1.6 M parameters, 3.3 MB in fp16."""
 
     in_channels: int = 1  # 1 for MNIST / Fashion-MNIST
     image_size: int = 28  # must be divisible by 2 ** (len(channel_mults) - 1)
@@ -182,7 +183,8 @@ class UNet(nn.Module):
         ch, emb_dim, g = cfg.base_channels, 4 * cfg.base_channels, cfg.norm_groups
         self.time_embed = TimeEmbedding(ch, emb_dim)
         # num_classes + 1 rows: the last one is the learned "no class" embedding for CFG.
-        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        self.class_embed = (nn.Embedding(cfg.num_classes + 1, emb_dim)
+                            if cfg.num_classes is not None else None)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         def block(in_ch: int, out_ch: int, res: int) -> nn.ModuleList:
