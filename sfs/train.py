@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -217,7 +218,11 @@ def machine_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, with '-dirty' when sfs/ has uncommitted changes."""
+    """The repository's HEAD commit, with '-dirty' when sfs/ has uncommitted changes.
+
+    Where the code runs without its .git (a copy on a GPU machine), $SFS_GIT_COMMIT, set by
+    whoever copied it, is used; else "unknown".
+    """
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
@@ -226,7 +231,7 @@ def git_commit() -> str:
                                capture_output=True, text=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("SFS_GIT_COMMIT", "unknown")
 
 
 def _read_losses(log_path: Path, upto: int | None = None) -> list[dict]:
