@@ -16,6 +16,15 @@ from sfs.schedules import cosine_schedule
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster than two fighting over a loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_shapes():
     x, t = torch.randn(5, 1, 28, 28), torch.randint(0, 1000, (5,))
     clf = Classifier().eval()
@@ -71,6 +80,7 @@ def test_cli_writes_weights_and_card(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, data, floor", [("mnist-classifier", "mnist", 0.99),
                                                ("fashion-mnist-classifier", "fashion-mnist", 0.92)])
+
 def test_shipped_classifiers(name, data, floor):
     if not (MODELS / f"{name}.safetensors").is_file():
         pytest.skip(f"{name} not trained yet")

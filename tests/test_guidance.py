@@ -11,7 +11,21 @@ from sfs.guidance import CFGModel, ClassifierGuidedModel, classifier_guided_mode
 from sfs.samplers import ddim_sample
 from sfs.schedules import cosine_schedule
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster than two fighting over a loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 SCHEDULE = cosine_schedule(100)
+
+
+def close(a, b):
+    """float32 equality up to rounding (torch.testing.assert_close imports far too much)."""
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 class LabelModel(nn.Module):
@@ -46,11 +60,11 @@ def test_w1_is_conditional_w0_is_unconditional_and_linear_in_w():
     model = LabelModel()
     x, t, y = inputs()
     cond, uncond = model(x, t, y), model(x, t, None)
-    torch.testing.assert_close(CFGModel(model, 1.0)(x, t, y), cond)
-    torch.testing.assert_close(CFGModel(model, 0.0)(x, t, y), uncond)
+    assert close(CFGModel(model, 1.0)(x, t, y), cond)
+    assert close(CFGModel(model, 0.0)(x, t, y), uncond)
     e = {w: CFGModel(model, w)(x, t, y) for w in (0.0, 2.0, 4.0, 7.5)}
-    torch.testing.assert_close(e[4.0] - e[2.0], e[2.0] - e[0.0])  # affine in w
-    torch.testing.assert_close(e[7.5], uncond + 7.5 * (cond - uncond))
+    assert close(e[4.0] - e[2.0], e[2.0] - e[0.0])  # affine in w
+    assert close(e[7.5], uncond + 7.5 * (cond - uncond))
 
 
 def test_ho_salimans_convention():
@@ -59,13 +73,13 @@ def test_ho_salimans_convention():
     x, t, y = inputs()
     w_prime = 2.0
     ref = (1 + w_prime) * model(x, t, y) - w_prime * model(x, t, None)
-    torch.testing.assert_close(CFGModel(model, 1 + w_prime)(x, t, y), ref)
+    assert close(CFGModel(model, 1 + w_prime)(x, t, y), ref)
 
 
 def test_cfg_without_cond_is_unconditional_and_works_in_samplers():
     model = LabelModel()
     x, t, _ = inputs()
-    torch.testing.assert_close(CFGModel(model, 5.0)(x, t, None), model(x, t, None))
+    assert close(CFGModel(model, 5.0)(x, t, None), model(x, t, None))
     guided = CFGModel(model, 2.0)
     out = ddim_sample(guided, torch.randn(2, 1, 4, 4), SCHEDULE, 5, cond=torch.tensor([0, 9]))
     assert out.shape == (2, 1, 4, 4) and model.batch_sizes[-1] == 4
@@ -106,8 +120,8 @@ def test_classifier_guidance_moves_logits_of_y_up():
         # The guided eps is eps_hat - scale * sqrt(1 - alpha_bar) * grad: the x0 it implies moves
         # along +grad, and guidance 0 changes nothing.
         sigma = SCHEDULE.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1)
-        torch.testing.assert_close(guided(x, t), model(x, t) - sigma * grad)
-        torch.testing.assert_close(ClassifierGuidedModel(model, clf, SCHEDULE, y, 0.0)(x, t), model(x, t))
+        assert close(guided(x, t), model(x, t) - sigma * grad)
+        assert close(ClassifierGuidedModel(model, clf, SCHEDULE, y, 0.0)(x, t), model(x, t))
 
 
 def test_classifier_guidance_runs_under_no_grad_sampling():
