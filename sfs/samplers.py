@@ -180,7 +180,7 @@ def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: 
         raise ValueError(f"eta must be a finite number >= 0 (0: deterministic, 1: DDPM-like), got {eta!r}")
     check_x_T(model, x_T, cond)
     ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
-    alpha_bar = schedule.alpha_bar.double()  # (T,)
+    alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     x_t = x_T
     for i, t in enumerate(ts):
         eps_hat, x0_hat = _denoise(model, schedule, x_t, _batch_t(t, x_t), cond, clip_x0)
@@ -221,7 +221,7 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
     """
     check_x_T(model, x_T, cond)
     ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
-    alpha_bar = schedule.alpha_bar.double()  # (T,)
+    alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
     x_t, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(ts):
