@@ -17,6 +17,9 @@ def check_t(schedule: Schedule, t: torch.Tensor | int, batch_size: int, device=N
     """Validate timesteps and return them as int64 (B,). A Python int is broadcast to (B,).
 
     Raises ValueError naming ``t`` if it is not integer, not of shape (B,), or outside [0, T).
+    The range is checked for CPU tensors only: reading t.min() from a GPU waits for the device
+    (several stalls per training step); there an out-of-range t still fails, as a device-side
+    index error when the schedule is gathered.
     """
     T = schedule.T
     if isinstance(t, int) and not isinstance(t, bool):
@@ -25,7 +28,7 @@ def check_t(schedule: Schedule, t: torch.Tensor | int, batch_size: int, device=N
         raise ValueError(f"t must be an integer tensor of shape (B,)=({batch_size},), got {t!r}")
     if t.shape != (batch_size,):
         raise ValueError(f"t must have shape (B,)=({batch_size},), got {tuple(t.shape)}")
-    if batch_size > 0 and (int(t.min()) < 0 or int(t.max()) >= T):
+    if batch_size > 0 and t.device.type == "cpu" and (int(t.min()) < 0 or int(t.max()) >= T):
         raise ValueError(f"t must lie in [0, T-1] = [0, {T - 1}] (code index; book step t+1), "
                          f"got values in [{int(t.min())}, {int(t.max())}]")
     return t.long()
