@@ -86,8 +86,8 @@ def noise(B=2000, D=2, seed=0):
     ("ddpm-1000 beta", lambda m, x: ddpm_sample(m, x, SCHEDULE, "beta", generator=torch.Generator().manual_seed(1))),
     ("ddim-50 eta=0", lambda m, x: ddim_sample(m, x, SCHEDULE, 50)),
     ("ddim-50 eta=1", lambda m, x: ddim_sample(m, x, SCHEDULE, 50, eta=1.0, generator=torch.Generator().manual_seed(1))),
-    ("dpm++2m-10", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 10)),
-    ("dpm++2m-20", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 20)),
+    ("dpm++2m-10", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 10, clip_x0=False)),
+    ("dpm++2m-20", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 20, clip_x0=False)),
 ])
 def test_samplers_reproduce_a_gaussian(name, sample):
     mu, s = 0.3, 0.5
@@ -99,7 +99,7 @@ def test_samplers_reproduce_a_gaussian(name, sample):
 
 @pytest.mark.parametrize("sample", [
     lambda m, x: ddpm_sample(m, x, cosine_schedule(250), generator=torch.Generator().manual_seed(2)),
-    lambda m, x: dpm_solver_2m_sample(m, x, cosine_schedule(250), 20),
+    lambda m, x: dpm_solver_2m_sample(m, x, cosine_schedule(250), 20, clip_x0=False),
 ])
 def test_samplers_reproduce_mixture_weights(sample):
     # 1-D mixture 0.25 N(-1, 0.2^2) + 0.75 N(1, 0.2^2): the share of samples > 0 must be 0.75.
@@ -110,12 +110,25 @@ def test_samplers_reproduce_mixture_weights(sample):
     assert abs(x0[x0 > 0].std().item() - 0.2) < 0.03
 
 
+def test_dpm_solver_clips_x0_by_default_and_stays_bounded():
+    # The analytic Gaussian is not image data: unclipped it tests the ODE; here clip_x0 (the default
+    # for DPM-Solver++, whose first x0_hat is taken where alpha_bar is ~1e-9) keeps every x0_hat the
+    # callback sees inside [-1, 1].
+    model, x_T = gaussian(), noise(64)
+    seen = []
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, callback=seen.append)
+    assert all(s["x0_hat"].abs().max() <= 1 for s in seen)
+    seen_raw = []
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, clip_x0=False, callback=seen_raw.append)
+    assert max(s["x0_hat"].abs().max().item() for s in seen_raw) > 1
+
+
 def test_ode_solvers_converge_to_the_exact_flow():
     # The probability-flow ODE of a Gaussian is solvable in closed form: the second-order solver
     # gets close in 10 and 20 steps; first-order DDIM on the same timesteps is several times worse.
     model, x_T = gaussian(), noise(256)
     exact = model.ode_solution(x_T)
-    err = {(name, n): (f(model, x_T, SCHEDULE, n, spacing="time_quadratic") - exact).abs().mean().item()
+    err = {(name, n): (f(model, x_T, SCHEDULE, n, spacing="time_quadratic", clip_x0=False) - exact).abs().mean().item()
            for name, f in [("dpm", dpm_solver_2m_sample), ("ddim", ddim_sample)] for n in (10, 20)}
     assert err["dpm", 10] < 0.03 and err["dpm", 20] < 0.005, err
     assert err["ddim", 10] > 2 * err["dpm", 10] and err["ddim", 20] > 5 * err["dpm", 20], err
