@@ -76,7 +76,7 @@ def simple_loss(model_output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
     elif target == "x0":
         y = x0
     elif target == "v":
-        y = v_target(schedule, x0, eps, t)
+        y = v_target(schedule, x0, t, eps)
     else:
         raise ValueError(f"target must be 'eps', 'x0' or 'v', got {target!r}")
     t = check_t(schedule, t, x0.shape[0], x0.device)

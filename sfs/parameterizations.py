@@ -48,7 +48,7 @@ def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torc
     return (x_t - a * x0) / s
 
 
-def v_target(schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0, (B, ...).
 
     Book eq. (4.2); Salimans & Ho 2022, sec. 4. With alpha_bar_t = cos^2(phi), v = d x_t / d phi:

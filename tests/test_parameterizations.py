@@ -25,7 +25,7 @@ def setup():
 
 def test_all_conversions_agree(setup):
     s, x0, eps, t, x_t = setup
-    v = v_target(s, x0, eps, t)
+    v = v_target(s, x0, t, eps)
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     close(x0_from_eps(s, x_t, t, eps), x0)
     close(eps_from_x0(s, x_t, t, x0), eps)
@@ -43,7 +43,7 @@ def test_v_is_the_velocity_along_the_circle(setup):
     phi = torch.arccos(s.sqrt_alpha_bar[t]).view(-1, 1, 1, 1)
     h = 1e-6
     x = lambda p: torch.cos(p) * x0 + torch.sin(p) * eps
-    torch.testing.assert_close(v_target(s, x0, eps, t), (x(phi + h) - x(phi - h)) / (2 * h), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v_target(s, x0, t, eps), (x(phi + h) - x(phi - h)) / (2 * h), rtol=1e-6, atol=1e-6)
 
 
 def test_score_and_tweedie_for_gaussian_data():
@@ -75,6 +75,6 @@ def test_bad_inputs(setup):
     with pytest.raises(ValueError, match="x_t and eps"):
         x0_from_eps(s, x_t, t, eps[:, :1])
     with pytest.raises(ValueError, match=r"\bt\b.*\[0, 199\]"):
-        v_target(s, x0, eps, t + 10)
+        v_target(s, x0, t + 10, eps)
     with pytest.raises(ValueError, match=r"\bt\b"):
         score_from_eps(s, t[:3], eps)

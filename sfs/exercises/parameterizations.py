@@ -90,7 +90,7 @@ def _v(s, x0, t, eps, sign=1, sqrt=True, swap=False):
 
 v_target = Exercise(
     "v_target",
-    reference=lambda s, x0, t, eps: _lib().v_target(s, x0, eps, t),
+    reference=lambda s, x0, t, eps: _lib().v_target(s, x0, t, eps),
     cases=_cases,
     solution=v_target_solution,
     hint="v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0: the velocity of x_t along the circle "
