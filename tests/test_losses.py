@@ -156,7 +156,27 @@ def test_nll_bpd_stride_is_unbiased():
     torch.testing.assert_close(sum(by_offset.values()) / k, full, rtol=1e-5, atol=1e-6)
 
 
+def test_nll_bpd_dense_steps_are_counted_once_and_the_stride_stays_unbiased():
+    s, k, dense = linear_schedule(20), 4, 6
+    x0 = torch.full((1, 1, 2, 2), 0.5)
+    model = _constant_denoiser(s, -0.25)
+    full = nll_bpd(model, s, x0)
+    by_offset = {}
+    for seed in range(64):
+        res = nll_bpd(model, s, x0, t_stride=k, t_dense=dense, generator=torch.Generator().manual_seed(seed))
+        assert res.t[:dense].tolist() == list(range(dense))      # every early step, once
+        torch.testing.assert_close(res.terms[:, :dense], full.terms[:, :dense])
+        by_offset[res.t[dense].item() - dense] = res.total
+        if len(by_offset) == k:
+            break
+    assert sorted(by_offset) == list(range(k))
+    torch.testing.assert_close(sum(by_offset.values()) / k, full.total, rtol=1e-5, atol=1e-6)
+    everything = nll_bpd(model, s, x0, t_stride=k, t_dense=s.T)   # dense everywhere: the full sum
+    torch.testing.assert_close(everything.total, full.total)
+
+
 @pytest.mark.parametrize("call,name", [
+    (lambda s, x: nll_bpd(lambda *a: a[0], s, x, t_dense=11), "t_dense"),
     (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, target="score"), "target"),
     (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, weighting="p2"), "weighting"),
     (lambda s, x: simple_loss(x, x, x[:, :1], torch.zeros(2, dtype=torch.long), s), "eps"),
