@@ -35,13 +35,6 @@ from sfs.schedules import Schedule
 Callback = Callable[[dict], None] | None
 SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic")
 VARIANCES = ("beta", "posterior")
-# The ODE solver starts at the last timestep whose half log-SNR lambda_t is >= LAMBDA_MIN. Its first
-# x0_hat = (x_t - sigma_t eps_hat) / alpha_t multiplies the network's error by 1 / alpha_t, which the
-# cosine schedule's clipped last step (alpha_bar = 2e-9) makes 2e4: the samples blow up. -5.1 keeps
-# t = T - 1 of the linear schedule (lambda = -5.06) and starts the cosine schedule at t = 995, as
-# DPM-Solver's own cosine schedule stops at t = 0.9946 for the same reason (Lu et al. 2022, app. D).
-# x_T ~ N(0, I) stands in for x_t there: the signal it lacks, alpha_t x0, is below 0.7% of the data.
-LAMBDA_MIN = -5.1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,23 +214,21 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
 
     where D = x0_hat (first step) or D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h:
     the data prediction extrapolated linearly in lambda from the previous step (second order).
-    Timesteps: ``ddim_timesteps(t_start + 1, steps, spacing)``, t_start the last timestep with
-    lambda >= ``LAMBDA_MIN`` (T - 1 unless the schedule ends at a near-zero SNR, see there); the default
-    "time_quadratic" runs from t_start to 0, so the final x0_hat (the last step, to alpha_bar = 1,
-    where D = x0_hat: Lu et al. 2022's "lower order final") is taken at the smallest noise level.
-    ``generator`` is unused (ODE).
-    ``clip_x0`` defaults to True here: at the first step alpha_bar is tiny (2.4e-9 for the cosine
-    schedule, T = 1000), x0_hat = (x_t - sqrt(1 - alpha_bar) eps_hat) / sqrt(alpha_bar) magnifies
-    the network's eps error some 20,000 times, and the multistep extrapolation carries that error
-    into later steps: unclipped, the shipped MNIST model's samples diverge (|x| ~ 1e3 at 10 steps).
-    Clipping to the data range [-1, 1] is the pixel-space thresholding of Lu et al. 2022, sec. 5.
+    Timesteps: ``ddim_timesteps(T, steps, spacing)``; the default "time_quadratic" runs from T - 1 to
+    0, so the final x0_hat (the last step, to alpha_bar = 1, where D = x0_hat: Lu et al. 2022's
+    "lower order final") is taken at the smallest noise level. ``generator`` is unused (ODE).
+
+    ``clip_x0=True`` by default, unlike the other samplers: the first step, from t = T - 1, computes
+    x0_hat = (x_t - sigma eps_hat) / alpha with alpha = 5e-5 on the cosine schedule, so a network's
+    1% error in eps_hat becomes hundreds in x0_hat and, unclipped, in the samples (Lu et al. 2022,
+    sec. 5, "thresholding"). Clipping changes the ODE being solved; pass ``clip_x0=False`` (and a
+    schedule that starts later, or an exact model) to study the solver itself.
     x_T: (B, ...); returns x0 (B, ...).
     """
     check_x_T(model, x_T, cond)
+    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
-    t_start = int((lam >= LAMBDA_MIN).nonzero().max()) if lam[0] >= LAMBDA_MIN else schedule.T - 1
-    ts = ddim_timesteps(t_start + 1, _check_steps(steps, schedule.T), spacing).tolist()
     x_t, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(ts):
         _, x0_hat = _denoise(model, schedule, x_t, _batch_t(t, x_t), cond, clip_x0)
