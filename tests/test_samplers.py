@@ -110,13 +110,25 @@ def test_samplers_reproduce_mixture_weights(sample):
     assert abs(x0[x0 > 0].std().item() - 0.2) < 0.03
 
 
+def test_dpm_solver_clips_x0_by_default_and_stays_bounded():
+    # The analytic Gaussian is not image data: unclipped it tests the ODE; here clip_x0 (the default
+    # for DPM-Solver++, whose first x0_hat is taken where alpha_bar is ~1e-9) keeps every x0_hat the
+    # callback sees inside [-1, 1].
+    model, x_T = gaussian(), noise(64)
+    seen = []
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, callback=seen.append)
+    assert all(s["x0_hat"].abs().max() <= 1 for s in seen)
+    seen_raw = []
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, clip_x0=False, callback=seen_raw.append)
+    assert max(s["x0_hat"].abs().max().item() for s in seen_raw) > 1
+
+
 def test_ode_solvers_converge_to_the_exact_flow():
     # The probability-flow ODE of a Gaussian is solvable in closed form: the second-order solver
     # gets close in 10 and 20 steps; first-order DDIM on the same timesteps is several times worse.
     model, x_T = gaussian(), noise(256)
     exact = model.ode_solution(x_T)
-    err = {(name, n): (f(model, x_T, SCHEDULE, n, spacing="time_quadratic", clip_x0=False) - exact)
-           .abs().mean().item()
+    err = {(name, n): (f(model, x_T, SCHEDULE, n, spacing="time_quadratic", clip_x0=False) - exact).abs().mean().item()
            for name, f in [("dpm", dpm_solver_2m_sample), ("ddim", ddim_sample)] for n in (10, 20)}
     assert err["dpm", 10] < 0.03 and err["dpm", 20] < 0.005, err
     assert err["ddim", 10] > 2 * err["dpm", 10] and err["ddim", 20] > 5 * err["dpm", 20], err
@@ -163,7 +175,7 @@ def test_ddim_sigma_eta1_is_posterior_std():
 @pytest.mark.parametrize("sample", [
     lambda m, x, cb: ddpm_sample(m, x, linear_schedule(100), callback=cb, generator=torch.Generator().manual_seed(0)),
     lambda m, x, cb: ddim_sample(m, x, SCHEDULE, 10, eta=1.0, callback=cb, generator=torch.Generator().manual_seed(0)),
-    lambda m, x, cb: dpm_solver_2m_sample(m, x, SCHEDULE, 10, callback=cb),  # clip_x0=True
+    lambda m, x, cb: dpm_solver_2m_sample(m, x, SCHEDULE, 10, callback=cb),
 ])
 def test_callback_per_step_and_no_noise_at_the_last_step(sample):
     model, x_T = gaussian(), noise(16)
