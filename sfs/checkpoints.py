@@ -290,7 +290,9 @@ def load_training_state(json_path: str | Path, model: nn.Module, ema: nn.Module,
     """
     json_path = Path(json_path)
     sidecar = json.loads(json_path.read_text())
-    tensors = load_file(str(json_path.with_name(sidecar["tensors"])))
+    # clone: load_file maps the file, and the optimizer would keep views into it (a later
+    # in-place change to the file would then change, or crash, the running process)
+    tensors = {k: v.clone() for k, v in load_file(str(json_path.with_name(sidecar["tensors"]))).items()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optimizer.load_state_dict(_unflatten_optimizer(tensors, sidecar["optimizer"]))
