@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sfs.exercises import all_exercises
-from sfs.exercises import elbo, evaluation, forward_process, guidance, parameterizations, sampling, schedules
+from sfs.exercises import (elbo, evaluation, forward_process, guidance, parameterizations, sampling,
+                           schedules, training, unet)
 
 
 def bshape(a, x):
@@ -75,6 +76,30 @@ CORRECT = [
     (evaluation.gaussian_stats, lambda f: (f.mean(0), torch.cov(f.T))),
     (evaluation.frechet_distance, evaluation.frechet_distance_solution),
     (evaluation.frechet_distance, fd_scipy_style),
+]
+
+def emb_loop(t, dim):  # one timestep at a time, frequencies as a Python list
+    half = dim // 2
+    w = [10000 ** (-k / half) for k in range(half)]
+    rows = [[math.cos(float(ti) * wk) for wk in w] + [math.sin(float(ti) * wk) for wk in w] for ti in t]
+    return torch.tensor(rows)
+
+
+def att_einsum(q, k, v):
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) / q.shape[-1] ** 0.5
+    return torch.einsum("bhij,bhjd->bhid", torch.softmax(scores, dim=-1), v)
+
+
+CORRECT += [
+    (unet.timestep_embedding, unet.timestep_embedding_solution),
+    (unet.timestep_embedding, emb_loop),
+    (unet.attention, unet.attention_solution),
+    (unet.attention, att_einsum),
+    (training.ema_update, training.ema_update_solution),
+    (training.ema_update, lambda e, p, d: e + (1 - d) * (p - e)),          # the lerp form
+    (training.ema_update, lambda e, p, d: torch.lerp(e, p, 1 - d)),
+    (training.lr_at, training.lr_at_solution),
+    (training.lr_at, lambda s, lr, w: lr if s + 1 >= w else lr * (s + 1) / w),
 ]
 
 
@@ -207,6 +232,24 @@ WRONG = [
     (evaluation.frechet_distance, lambda m1, s1, m2, s2: "3.2", "expected a number, got str"),
 ]
 
+WRONG += [
+    (unet.timestep_embedding, lambda t, d: unet._emb(t, d, swap=True).float(), "sin and cos are swapped"),
+    (unet.timestep_embedding, lambda t, d: unet._emb(t, d, interleave=True).float(), "interleaved"),
+    (unet.timestep_embedding, lambda t, d: unet._emb(t, d, denom_minus_one=True).float(), "-k / (dim/2)"),
+    (unet.timestep_embedding, lambda t, d: unet._emb(t, d)[:, : d // 2], "shape"),
+    (unet.attention, lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1), -1) @ v, "not scaled"),
+    (unet.attention, lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1], -1) @ v,
+     "divided by head_dim"),
+    (unet.attention, lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -2) @ v,
+     "wrong axis"),
+    (training.ema_update, lambda e, p, d: (1 - d) * e + d * p, "swapped"),
+    (training.ema_update, lambda e, p, d: d * e + p, "grows without bound"),
+    (training.ema_update, lambda e, p, d: (e + p) / 2, "ignores the decay"),
+    (training.lr_at, lambda s, lr, w: lr * min(1.0, s / w), "off by one"),
+    (training.lr_at, lambda s, lr, w: lr * (s + 1) / w, "never stops"),
+    (training.lr_at, lambda s, lr, w: None, "returned None"),
+]
+
 
 @pytest.mark.parametrize("ex, fn, phrase", WRONG, ids=[f"{e.name}-{i}" for i, (e, _, _) in enumerate(WRONG)])
 def test_wrong_implementations_get_the_intended_hint(ex, fn, phrase):
@@ -229,7 +272,7 @@ def test_at_least_two_exercises_per_chapter():
     per = {}
     for ch, _ in all_exercises():
         per[ch] = per.get(ch, 0) + 1
-    assert len(per) == 7 and min(per.values()) >= 2, per
+    assert len(per) == 9 and min(per.values()) >= 2, per
 
 
 @pytest.mark.parametrize("ch, ex", all_exercises(), ids=[e.name for _, e in all_exercises()])

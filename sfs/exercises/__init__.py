@@ -21,6 +21,8 @@ Exercises by chapter (module: exercises):
 - ``schedules``: cosine_alpha_bar, betas, snr
 - ``elbo``: posterior_mean, gaussian_kl
 - ``parameterizations``: x0_from_eps, v_target
+- ``unet``: timestep_embedding, attention
+- ``training``: ema_update, lr_at
 - ``sampling``: ddim_step, ddim_sigma
 - ``guidance``: cfg, classifier_guided_eps
 - ``evaluation``: gaussian_stats, frechet_distance
@@ -34,8 +36,8 @@ from importlib import import_module
 
 from sfs.exercises.core import Exercise, Result
 
-CHAPTERS = ("forward_process", "schedules", "elbo", "parameterizations", "sampling", "guidance",
-            "evaluation")
+CHAPTERS = ("forward_process", "schedules", "elbo", "parameterizations", "unet", "training",
+            "sampling", "guidance", "evaluation")
 
 
 def all_exercises() -> list[tuple[str, Exercise]]:
