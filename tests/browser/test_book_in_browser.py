@@ -195,16 +195,17 @@ def test_scrubbers_move(opened):
             img = root.locator("img[data-sfs-panel]").first
             label = root.locator(".sfs-scrub-label")
             slider = root.locator("input[type=range]")
-            first_label = label.inner_text()
             slider.focus()
-            p.page.keyboard.press("Home")
-            p.page.keyboard.press("End")  # a real keyboard event on the range input
-            mid_src, mid_label = img.get_attribute("src"), label.inner_text()
+            p.page.keyboard.press("Home")  # real keyboard events on the range input
+            home_src, home_label = img.get_attribute("src"), label.inner_text()
+            p.page.keyboard.press("End")
+            end_src, end_label = img.get_attribute("src"), label.inner_text()
+            assert end_src != home_src, f"{rel}: scrubber {k}: the frame did not change when the slider moved"
+            assert end_label != home_label, f"{rel}: scrubber {k}: the label did not change"
             p.page.keyboard.press("Home")
             after = img.get_attribute("src")
-            assert mid_src != after, f"{rel}: scrubber {k}: the frame did not change when the slider moved"
-            assert mid_label != label.inner_text(), f"{rel}: scrubber {k}: the label did not change"
-            assert label.inner_text() == first_label, f"{rel}: scrubber {k}: the label did not follow the slider"
+            assert after == home_src and label.inner_text() == home_label, \
+                f"{rel}: scrubber {k}: frame and label did not follow the slider back to the start"
             root.locator("button").click()  # play advances frames on its own
             p.page.wait_for_timeout(700)
             assert img.get_attribute("src") != after, f"{rel}: scrubber {k}: play did not advance"
