@@ -15,14 +15,6 @@ TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_h
                   num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared 2-core machine one intra-op thread is 5-20x faster than two fighting ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def shipped(tmp_path):

@@ -16,14 +16,6 @@ from sfs.schedules import cosine_schedule
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster than two fighting over a loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_shapes():
     x, t = torch.randn(5, 1, 28, 28), torch.randint(0, 1000, (5,))

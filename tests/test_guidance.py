@@ -12,14 +12,6 @@ from sfs.samplers import ddim_sample
 from sfs.schedules import cosine_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster than two fighting over a loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SCHEDULE = cosine_schedule(100)
 
 

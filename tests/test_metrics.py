@@ -13,14 +13,6 @@ from sfs.metrics import (evaluate, extract_features, feature_stats, frechet_dist
                          real_floor)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster than two fighting over a loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gaussian_feats(n, d=8, shift=0.0, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)

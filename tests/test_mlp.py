@@ -52,16 +52,7 @@ def _ancestral_samples(model, s, n, g):
     return x
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, and much faster when the CPU cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_train_toy_learns_two_moons(one_thread):
+def test_train_toy_learns_two_moons():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     s = linear_schedule(50)

@@ -21,14 +21,6 @@ T = 1000
 SCHEDULE = cosine_schedule(T)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class GaussianMixtureEps(nn.Module):
     """Exact E[eps | x_t] for data sum_k w_k N(mu_k, s_k^2 I) in D dims: (B, D), (B,) -> (B, D)."""

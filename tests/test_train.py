@@ -15,14 +15,6 @@ from sfs.unet import UNet, UNetConfig
 TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared 2-core machine one intra-op thread is 5-20x faster than two fighting ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Crash(Exception):
     pass

@@ -9,14 +9,6 @@ from sfs.unet import (Downsample, ResBlock, SelfAttention, TimeEmbedding, UNet, 
 TINY = dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, num_heads=2, dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared 2-core machine one intra-op thread is 5-20x faster than two fighting ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _randomize_zero_inits(model: torch.nn.Module) -> None:
     """Zero-initialised convs make a fresh block the identity; give them weights to probe."""
