@@ -1,6 +1,6 @@
 """Small CNN classifiers for 28x28 images: a feature extractor for metrics and a noise-aware one.
 
-Book ch. 8 ("Guidance") and ch. 9 ("Measuring samples"). Two models, one file:
+Book ch. 8 ("Guidance") and ch. 9 ("Evaluation"). Two models, one file:
 
 - ``Classifier``: clean images x0 (B, 1, 28, 28) in [-1, 1] -> logits (B, 10). Its penultimate layer,
   ``features(x)`` (B, 128), replaces the Inception network of FID for MNIST-like data

@@ -11,7 +11,7 @@ Guidance scale convention, stated once for the whole library. Classifier-free gu
     eps = eps_uncond + w (eps_cond - eps_uncond),
 
 so **w = 1 is the plain conditional model and w = 0 the unconditional one**; w > 1 extrapolates past
-the conditional model. This w is diffusers' ``guidance_scale``. Ho & Salimans 2022 (eq. 6) write
+the conditional model. This w is diffusers' ``guidance_scale``. Ho & Salimans 2021 (eq. 6) write
 (1 + w') eps_cond - w' eps_uncond instead: their w' is our w - 1 (their w' = 0 is our w = 1).
 """
 
@@ -36,7 +36,7 @@ def _check_scale(name: str, value: float) -> float:
 class CFGModel(nn.Module):
     """Classifier-free guidance: eps = eps_uncond + w (eps_cond - eps_uncond).
 
-    Book eq. (8.2); Ho & Salimans 2022, eq. 6 (with their w' = w - 1, see the module docstring).
+    Book eq. (8.2); Ho & Salimans 2021, eq. 6 (with their w' = w - 1, see the module docstring).
     ``model`` is class-conditional; its "no class" label is ``null_label``, by default
     ``model.config.num_classes`` (the U-Net's convention). One forward pass on the doubled batch
     [x_t with cond; x_t with the null label], (2B, ...), then split. ``cond=None`` returns the

@@ -55,7 +55,7 @@ def train_toy(model: nn.Module, data: torch.Tensor, schedule: Schedule, steps: i
 
     Book eq. (3.7); Ho et al. 2020, alg. 1: draw x0 from the data, t uniform, eps ~ N(0, I), take a
     gradient step on |eps - eps_hat(x_t, t)|^2. With ``labels`` (N,), the model sees cond = label,
-    dropped to None for the whole batch with probability ``p_uncond`` (Ho & Salimans 2022). Adam with a cosine
+    dropped to None for the whole batch with probability ``p_uncond`` (Ho & Salimans 2021). Adam with a cosine
     learning-rate decay; reproducible for a given CPU ``generator`` and initial model, on any device.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

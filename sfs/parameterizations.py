@@ -7,7 +7,7 @@ eps, x0, v or the score determines the others. Tensors are (B, ...) and t is int
 
 Where alpha_bar_t = 0 (the last step of a zero-terminal-SNR schedule) x_t carries no information
 about x0, so ``x0_from_eps`` and ``v_from_eps`` divide by zero there; predict v instead
-(Lin et al. 2023, sec. 3.2). The v conversions are finite everywhere.
+(Lin et al. 2024, sec. 3.2). The v conversions are finite everywhere.
 """
 
 from __future__ import annotations

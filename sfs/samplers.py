@@ -125,7 +125,7 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor
     - ``"uniform"``: 0, c, 2c, ..., (steps - 1) c with c = T // steps ("leading"; Song et al. 2021,
       sec. 5 "linear" and the original DDIM code). It never visits t = T - 1, the pure-noise end.
     - ``"trailing"``: round(T - k T / steps) - 1 for k = 0..steps-1, so the first step is t = T - 1
-      (Lin et al. 2023, sec. 3.4, Table 2).
+      (Lin et al. 2024, sec. 3.4, Table 2).
     - ``"quadratic"``: floor((k / (steps - 1))^2 * 0.8 T), Song et al. 2021, app. D.2 (their CIFAR10
       setting). It starts at 0.8 T, not at the pure-noise end.
     - ``"time_quadratic"``: round((k / (steps - 1))^2 (T - 1)), from T - 1 down to 0, dense near the

@@ -147,7 +147,7 @@ def sigmoid_schedule(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: 
                      max_beta: float = 0.999) -> Schedule:
     """alpha_bar(u) = (sig(end/tau) - sig((u (end - start) + start)/tau)) / (sig(end/tau) - sig(start/tau)).
 
-    Book eq. (2.3); Jabri et al. 2022; Chen 2023, alg. 1 (u = t / T in [0, 1], sig the logistic
+    Book eq. (2.3); Jabri et al. 2023; Chen 2023, alg. 1 (u = t / T in [0, 1], sig the logistic
     function). Smaller tau makes the curve steeper; betas clipped at ``max_beta``.
     """
     T = _check_T(T)
@@ -166,7 +166,7 @@ def sigmoid_schedule(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: 
 def rescale_zero_terminal_snr(schedule: Schedule) -> Schedule:
     """Shift and scale sqrt(alpha_bar) so the last step is pure noise: alpha_bar[-1] = 0.
 
-    Book eq. (2.4); Lin et al. 2023, alg. 1. sqrt(alpha_bar[0]) is kept, sqrt(alpha_bar[-1])
+    Book eq. (2.4); Lin et al. 2024, alg. 1. sqrt(alpha_bar[0]) is kept, sqrt(alpha_bar[-1])
     becomes 0, so betas[-1] = 1, snr[-1] = 0 and log_snr[-1] = -inf. The posterior at the last
     step stays finite: q(x_{T-1} | x_T, x0) = N(sqrt(alpha_bar_{T-1}) x0, 1 - alpha_bar_{T-1}).
     Needs T >= 2. Keeps the schedule's dtype.

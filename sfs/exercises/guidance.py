@@ -17,7 +17,7 @@ from sfs.exercises.core import Case, Exercise, Mistake
 # -- 1. classifier-free guidance ---------------------------------------------------------------
 
 def cfg_solution(eps_cond, eps_uncond, scale):
-    """eps_uncond + scale (eps_cond - eps_uncond) (Ho & Salimans 2022, eq. 6, with scale = 1 + w).
+    """eps_uncond + scale (eps_cond - eps_uncond) (Ho & Salimans 2021, eq. 6, with scale = 1 + their w).
 
     scale = 0: unconditional; scale = 1: conditional; scale > 1: pushed further along the condition.
     """
