@@ -11,7 +11,9 @@ Book chapter 7 ("Sampling"). Every sampler is a plain function with one visible 
 - ``callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))`` is called once per model evaluation, with the
   model's input x_t (B, ...) at code timestep t and its denoised guess x0_hat (B, ...).
 - ``clip_x0=True`` clips x0_hat to [-1, 1] at every step (Ho et al. 2020's sampler does); the result
-  is then in [-1, 1] too.
+  is then in [-1, 1] too. Every sampler defaults to ``clip_x0=False``.
+- ``spacing`` picks the timesteps (``timesteps``): DDIM defaults to "uniform", DPM-Solver++ to
+  "logsnr" (even steps in log SNR, starting at log SNR = -10 rather than at t = T - 1).
 
 Timesteps are code indices 0..T-1 (book step t = code t + 1, see ``sfs.schedules``). The last step of
 every sampler adds no noise: it returns the model's final x0_hat.
@@ -33,7 +35,8 @@ from sfs.parameterizations import eps_from_x0, x0_from_eps
 from sfs.schedules import Schedule
 
 Callback = Callable[[dict], None] | None
-SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic")
+SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic", "logsnr")
+LOG_SNR_MIN = -10.0  # "logsnr" spacing starts here: sqrt(alpha_bar) ~ 0.0067, x_T ~ N(0, I) is 99.998 % noise
 VARIANCES = ("beta", "posterior")
 
 
@@ -129,8 +132,8 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor
     - ``"quadratic"``: floor((k / (steps - 1))^2 * 0.8 T), Song et al. 2021, app. D.2 (their CIFAR10
       setting). It starts at 0.8 T, not at the pure-noise end.
     - ``"time_quadratic"``: round((k / (steps - 1))^2 (T - 1)), from T - 1 down to 0, dense near the
-      data end where x0_hat changes fastest (Lu et al. 2022, app. D "time quadratic"; the default of
-      ``dpm_solver_2m_sample``).
+      data end where x0_hat changes fastest (Lu et al. 2022, app. D "time quadratic").
+    - ``"logsnr"`` depends on the schedule, not only on T: see ``logsnr_timesteps`` and ``timesteps``.
     In the quadratic spacings, repeated small values are pushed up by one so the sequence stays
     strictly increasing.
     """
@@ -148,6 +151,8 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor
             ts = (torch.linspace(1, 0, steps, dtype=torch.float64).flip(0) ** 2 * (T - 1)).round().long()
         for k in range(1, steps):  # keep strictly increasing: 0, 0, 1, ... -> 0, 1, 2, ...
             ts[k] = max(ts[k], ts[k - 1] + 1)
+    elif spacing == "logsnr":
+        raise ValueError("spacing='logsnr' depends on the schedule: use timesteps(schedule, steps, 'logsnr')")
     else:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     return ts.flip(0)  # noisiest first
@@ -164,6 +169,47 @@ def ddim_sigma(alpha_bar_t: torch.Tensor | float, alpha_bar_prev: torch.Tensor |
     return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
 
 
+def logsnr_timesteps(schedule: Schedule, steps: int, log_snr_min: float = LOG_SNR_MIN) -> torch.Tensor:
+    """``steps`` code timesteps evenly spaced in log SNR, noisiest first: int64 (steps,).
+
+    Book ch. 7, sec. "Which timesteps?". lambda_t = log SNR(t) (book eq. (1.4)) is spaced uniformly
+    from its value at t_start, the noisiest t with lambda_t >= ``log_snr_min``, down to lambda_0 at
+    the data end; each value is rounded to the code timestep with the nearest lambda_t (Lu et al.
+    2022, "DPM-Solver", sec. 3.3: steps uniform in lambda). Why not start at t = T - 1: for the
+    cosine schedule sqrt(alpha_bar_{T-1}) = 4.9e-5 (log SNR -19.8), and the first
+    x0_hat = (x_t - sqrt(1 - alpha_bar) eps_hat) / sqrt(alpha_bar) multiplies the network's eps error
+    by 20,000; at log SNR -10 the factor is 150, and x_T ~ N(0, I) is still pure noise to 1 part in
+    20,000 of variance (Lu et al. 2022 end the cosine schedule at t = 0.9946 for the same reason).
+    For the linear schedule lambda_{T-1} = -10.1, so the grid starts at t = T - 7 or so.
+    """
+    ab = schedule.alpha_bar.double().cpu()
+    lam = ab.log() - (1 - ab).log()                                  # (T,), decreasing in t
+    if not math.isfinite(log_snr_min) or log_snr_min >= lam[0]:
+        raise ValueError(f"log_snr_min must be a finite number below log SNR(0) = {lam[0]:.2f}, "
+                         f"got {log_snr_min!r}")
+    t_start = int((lam >= log_snr_min).nonzero().max())               # noisiest t we may start at
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_start + 1:
+        raise ValueError(f"steps must be an int in [1, t_start + 1] = [1, {t_start + 1}] for the logsnr "
+                         f"spacing (t_start = {t_start}, the last t with log SNR >= {log_snr_min}), got {steps!r}")
+    targets = torch.linspace(float(lam[0]), float(lam[t_start]), steps, dtype=torch.float64)  # data end first
+    ts = (lam[None, :t_start + 1] - targets[:, None]).abs().argmin(1)  # nearest t, increasing
+    for k in range(1, steps):                # repeated t near either end: push up, then back down
+        ts[k] = max(ts[k], ts[k - 1] + 1)
+    ts[-1] = t_start
+    for k in range(steps - 2, -1, -1):
+        ts[k] = min(ts[k], ts[k + 1] - 1)
+    return ts.flip(0)  # noisiest first
+
+
+def timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> torch.Tensor:
+    """The code timesteps a sampler visits, noisiest first: int64 (steps,). ``spacing`` is one of
+    ``SPACINGS``: "logsnr" needs the schedule (``logsnr_timesteps``), the others only T
+    (``ddim_timesteps``)."""
+    if spacing == "logsnr":
+        return logsnr_timesteps(schedule, steps)
+    return ddim_timesteps(schedule.T, steps, spacing)
+
+
 @torch.no_grad()
 def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: int = 50,
                 eta: float = 0.0, spacing: str = "uniform", cond: torch.Tensor | None = None,
@@ -172,14 +218,14 @@ def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: 
     """DDIM: x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z.
 
     Book eq. (7.2); Song et al. 2021, eq. 12, with sigma = ``ddim_sigma(.., eta)`` (eq. 16) over the
-    timesteps ``ddim_timesteps(T, steps, spacing)``; after the last one alpha_bar_prev = 1, so the
+    timesteps ``timesteps(schedule, steps, spacing)``; after the last one alpha_bar_prev = 1, so the
     last step returns x0_hat, noise-free. eta = 0 is deterministic (the generator is never used);
     eta = 1 with steps = T is DDPM with the posterior variance. x_T: (B, ...); returns x0 (B, ...).
     """
     if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0 (0: deterministic, 1: DDPM-like), got {eta!r}")
     check_x_T(model, x_T, cond)
-    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    ts = timesteps(schedule, steps, spacing).tolist()
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     x_t = x_T
     for i, t in enumerate(ts):
@@ -201,8 +247,8 @@ def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: 
 
 @torch.no_grad()
 def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: int = 20,
-                         spacing: str = "time_quadratic", cond: torch.Tensor | None = None,
-                         clip_x0: bool = True, callback: Callback = None,
+                         spacing: str = "logsnr", cond: torch.Tensor | None = None,
+                         clip_x0: bool = False, callback: Callback = None,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """DPM-Solver++(2M): ``steps`` model evaluations, deterministic.
 
@@ -214,18 +260,18 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
 
     where D = x0_hat (first step) or D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h:
     the data prediction extrapolated linearly in lambda from the previous step (second order).
-    Timesteps: ``ddim_timesteps(T, steps, spacing)``; the default "time_quadratic" runs from T - 1 to
-    0, so the final x0_hat (the last step, to alpha_bar = 1, where D = x0_hat: Lu et al. 2022's
-    "lower order final") is taken at the smallest noise level. ``generator`` is unused (ODE).
-    ``clip_x0`` defaults to True here: at the first step alpha_bar is tiny (2.4e-9 for the cosine
-    schedule, T = 1000), x0_hat = (x_t - sqrt(1 - alpha_bar) eps_hat) / sqrt(alpha_bar) magnifies
-    the network's eps error some 20,000 times, and the multistep extrapolation carries that error
-    into later steps: unclipped, the shipped MNIST model's samples diverge (|x| ~ 1e3 at 10 steps).
-    Clipping to the data range [-1, 1] is the pixel-space thresholding of Lu et al. 2022, sec. 5.
+    Timesteps: ``timesteps(schedule, steps, spacing)``. The default "logsnr" spaces them evenly in
+    lambda, the variable the solver steps in, from log SNR = -10 (code t = 994 for the cosine
+    schedule, T = 1000) down to t = 0; the last step (to alpha_bar = 1, where D = x0_hat: Lu et al.
+    2022's "lower order final") returns the x0_hat taken at the smallest noise level. Starting at
+    t = T - 1 instead (e.g. ``spacing="time_quadratic"``) divides by sqrt(alpha_bar_{T-1}) = 4.9e-5
+    in the first x0_hat and the extrapolation carries that error on: the shipped MNIST model then
+    diverges unless ``clip_x0=True`` (Lu et al. 2022, sec. 5, "thresholding"), which keeps it bounded
+    but costs quality (benchmarks/results/sampling.md). ``generator`` is unused (an ODE).
     x_T: (B, ...); returns x0 (B, ...).
     """
     check_x_T(model, x_T, cond)
-    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    ts = timesteps(schedule, steps, spacing).tolist()
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
     x_t, x0_prev, h_prev = x_T, None, None

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from sfs.parameterizations import x0_from_eps
-from sfs.samplers import (ddim_sample, ddim_sigma, ddim_timesteps, ddpm_sample,
-                          dpm_solver_2m_sample)
-from sfs.schedules import cosine_schedule, linear_schedule, schedule_from_betas
+from sfs.samplers import (LOG_SNR_MIN, ddim_sample, ddim_sigma, ddim_timesteps, ddpm_sample,
+                          dpm_solver_2m_sample, logsnr_timesteps, timesteps)
+from sfs.schedules import cosine_schedule, linear_schedule, rescale_zero_terminal_snr, schedule_from_betas
 
 T = 1000
 SCHEDULE = cosine_schedule(T)
@@ -78,8 +78,10 @@ def noise(B=2000, D=2, seed=0):
     ("ddpm-1000 beta", lambda m, x: ddpm_sample(m, x, SCHEDULE, "beta", generator=torch.Generator().manual_seed(1))),
     ("ddim-50 eta=0", lambda m, x: ddim_sample(m, x, SCHEDULE, 50)),
     ("ddim-50 eta=1", lambda m, x: ddim_sample(m, x, SCHEDULE, 50, eta=1.0, generator=torch.Generator().manual_seed(1))),
-    ("dpm++2m-10", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 10, clip_x0=False)),
-    ("dpm++2m-20", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 20, clip_x0=False)),
+    ("dpm++2m-10", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 10)),
+    ("dpm++2m-20", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 20)),
+    ("dpm++2m-10 time_quadratic", lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, 10, "time_quadratic")),
+    ("ddim-50 eta=0 logsnr", lambda m, x: ddim_sample(m, x, SCHEDULE, 50, spacing="logsnr")),
 ])
 def test_samplers_reproduce_a_gaussian(name, sample):
     mu, s = 0.3, 0.5
@@ -102,17 +104,36 @@ def test_samplers_reproduce_mixture_weights(sample):
     assert abs(x0[x0 > 0].std().item() - 0.2) < 0.03
 
 
-def test_dpm_solver_clips_x0_by_default_and_stays_bounded():
-    # The analytic Gaussian is not image data: unclipped it tests the ODE; here clip_x0 (the default
-    # for DPM-Solver++, whose first x0_hat is taken where alpha_bar is ~1e-9) keeps every x0_hat the
-    # callback sees inside [-1, 1].
+def test_dpm_solver_clips_x0_only_when_asked():
+    # The analytic Gaussian is not image data: unclipped (the default of every sampler) its x0_hat
+    # leaves [-1, 1]; with clip_x0=True every x0_hat the callback sees stays inside.
     model, x_T = gaussian(), noise(64)
     seen = []
-    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, callback=seen.append)
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, clip_x0=True, callback=seen.append)
     assert all(s["x0_hat"].abs().max() <= 1 for s in seen)
     seen_raw = []
-    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, clip_x0=False, callback=seen_raw.append)
+    dpm_solver_2m_sample(model, x_T, SCHEDULE, 10, callback=seen_raw.append)
     assert max(s["x0_hat"].abs().max().item() for s in seen_raw) > 1
+
+
+def test_logsnr_timesteps_are_even_in_log_snr_and_start_at_log_snr_min():
+    for schedule in (SCHEDULE, linear_schedule(T), rescale_zero_terminal_snr(linear_schedule(T))):
+        lam = schedule.alpha_bar.double().log() - (1 - schedule.alpha_bar.double()).log()
+        t_start = int((lam >= LOG_SNR_MIN).nonzero().max())
+        assert lam[t_start] >= LOG_SNR_MIN > lam[t_start + 1]
+        for steps in (1, 2, 10, 20, 100, t_start + 1):
+            ts = logsnr_timesteps(schedule, steps)
+            assert len(ts) == steps and ts.dtype == torch.long and ts[0] == t_start
+            assert torch.all(ts[:-1] > ts[1:]) and ts.min() >= 0
+            if 2 <= steps <= 20:  # no collisions: each t is the nearest to its even log-SNR target
+                assert ts[-1] == 0
+                target = torch.linspace(float(lam[t_start]), float(lam[0]), steps, dtype=torch.float64)
+                slope = (lam[:-1] - lam[1:]).max()      # the largest log-SNR change of one step
+                assert (lam[ts] - target).abs().max() <= slope / 2 + 1e-9
+    # the cosine schedule: log SNR(T - 1) = -19.8, so the grid starts 5 steps earlier, at t = 994
+    assert logsnr_timesteps(SCHEDULE, 10).tolist()[:2] == [994, 984]
+    assert torch.equal(timesteps(SCHEDULE, 10, "logsnr"), logsnr_timesteps(SCHEDULE, 10))
+    assert torch.equal(timesteps(SCHEDULE, 10, "trailing"), ddim_timesteps(T, 10, "trailing"))
 
 
 def test_ode_solvers_converge_to_the_exact_flow():
@@ -183,8 +204,8 @@ def test_clip_x0_keeps_samples_in_range():
     model = gaussian(0.0, 3.0)  # data far outside [-1, 1]
     out = ddim_sample(model, noise(64), SCHEDULE, 10, clip_x0=True)
     assert out.abs().max() <= 1.0
-    assert dpm_solver_2m_sample(model, noise(64), SCHEDULE, 10).abs().max() <= 1.0  # its default
-    assert dpm_solver_2m_sample(model, noise(64), SCHEDULE, 10, clip_x0=False).abs().max() > 1.0
+    assert dpm_solver_2m_sample(model, noise(64), SCHEDULE, 10, clip_x0=True).abs().max() <= 1.0
+    assert dpm_solver_2m_sample(model, noise(64), SCHEDULE, 10).abs().max() > 1.0  # the default: no clip
 
 
 def test_x0_hat_is_the_posterior_mean_at_high_snr():
@@ -223,6 +244,9 @@ class TinyUNetLike(nn.Module):
     (lambda m, x: ddim_sample(m, x, SCHEDULE, steps=0), r"steps must be an int in \[1, T\] = \[1, 1000\]"),
     (lambda m, x: ddim_sample(m, x, SCHEDULE, steps=1001), r"steps .* \[1, 1000\]"),
     (lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, steps=0), r"steps"),
+    (lambda m, x: dpm_solver_2m_sample(m, x, SCHEDULE, steps=996), r"steps .* \[1, 995\] for the logsnr"),
+    (lambda m, x: logsnr_timesteps(SCHEDULE, 10, log_snr_min=30.0), r"log_snr_min must be .* below"),
+    (lambda m, x: ddim_timesteps(T, 10, "logsnr"), r"timesteps\(schedule, steps, 'logsnr'\)"),
     (lambda m, x: ddim_sample(m, x, SCHEDULE, eta=-0.1), r"eta must be a finite number >= 0"),
     (lambda m, x: ddim_sample(m, x, SCHEDULE, eta=math.nan), r"eta"),
     (lambda m, x: ddim_sample(m, x, SCHEDULE, spacing="cubic"), r"spacing must be one of .*uniform"),
@@ -235,3 +259,17 @@ class TinyUNetLike(nn.Module):
 def test_bad_arguments_name_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call(TinyUNetLike(), torch.randn(2, 1, 8, 8))
+
+
+def test_dpm_solver_defaults_stay_in_the_data_range_on_the_shipped_model():
+    # Regression for the start point: from t = T - 1 (time_quadratic, unclipped) the first x0_hat of
+    # the shipped MNIST U-Net is the eps error times 20,000 and the samples diverge; the default
+    # logsnr grid starts at log SNR = -10 and its samples stay near [-1, 1] with no clipping.
+    from sfs.checkpoints import load_model
+    model, card = load_model("mnist-uncond")
+    schedule = cosine_schedule(card["T"])
+    x_T = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x0 = dpm_solver_2m_sample(model, x_T, schedule, 10)
+    assert x0.abs().max() < 1.5 and x0.std() > 0.5, (x0.abs().max(), x0.std())
+    diverged = dpm_solver_2m_sample(model, x_T, schedule, 10, spacing="time_quadratic")
+    assert diverged.abs().max() > 10
