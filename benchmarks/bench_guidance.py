@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {"date": datetime.date.today().isoformat(), "machine": machine(args.device),
             "models (training steps)": cards, "N": n, "labels": "balanced, N / 10 per class",
-            "sampler": (f"DPM-Solver++(2M), {steps} steps, x0_hat clipped" if args.sampler == "dpm"
+            "sampler": (f"DPM-Solver++(2M), {steps} steps, logsnr spacing, no clipping" if args.sampler == "dpm"
                         else f"DDIM eta=0, {steps} steps, uniform spacing, no clipping"),
             "guidance scale": "w: eps_u + w (eps_c - eps_u); w = 0 unconditional, w = 1 conditional",
             "features": "the data set's shipped classifier (penultimate layer)", "seed": args.seed,

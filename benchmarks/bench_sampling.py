@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             "schedule": f"{card.get('schedule', 'cosine')} T={schedule.T}",
             "features": f"{clf_card.get('name')} (penultimate layer, D = {clf.config.feature_dim})",
             "N": n, "reference": f"{n} {args.data} test images", "seed": args.seed,
-            "clip_x0": "DDPM, DDIM: no; DPM-Solver++: yes (its default)",
-            "DDIM spacing": "uniform", "DPM-Solver++ spacing": "time_quadratic",
+            "clip_x0": "no (every sampler's default)",
+            "DDIM spacing": "uniform", "DPM-Solver++ spacing": "logsnr (from log SNR = -10, code t = 994)",
             "command": "python benchmarks/bench_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     write_results("sampling-quick" if args.quick else "sampling", "Sample quality vs steps",
                   header, rows, meta, Path(args.out))
