@@ -127,6 +127,8 @@ def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: int = 100,
 
     Binkowski et al. 2018, sec. 3; subsets of ``min(subset_size, N, M)`` drawn without replacement
     with ``generator``. Unbiased: near 0 (possibly negative) for two samples of one distribution.
+    When the subsets are the whole of both sets (``subset_size >= N`` and ``>= M``) every subset
+    gives the same value: the std is then NaN, not 0 (choose ``subset_size`` below N for a spread).
     """
     a, b = feats_a.double(), feats_b.double()
     m = min(subset_size, len(a), len(b))
@@ -136,7 +138,8 @@ def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: int = 100,
     vals = torch.tensor([mmd2_unbiased(a[torch.randperm(len(a), generator=g)[:m]],
                                        b[torch.randperm(len(b), generator=g)[:m]])
                          for _ in range(num_subsets)])
-    return float(vals.mean()), float(vals.std()) if num_subsets > 1 else 0.0
+    whole = m == len(a) and m == len(b)
+    return float(vals.mean()), float(vals.std()) if num_subsets > 1 and not whole else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Metrics: closed forms, parity with torchmetrics, and the offline default."""
 
+import math
 import sys
 
 import pytest
@@ -110,3 +111,11 @@ def test_evaluate_and_real_floor_default_path_never_touches_inception(monkeypatc
         real_floor(real, 61, clf)
     with pytest.raises(ValueError, match="feature must be one of"):
         extract_features(real, clf, feature="clip")
+
+
+def test_kid_std_is_nan_when_every_subset_is_the_whole_set():
+    a, b = gaussian_feats(100, seed=1), gaussian_feats(100, seed=2)
+    mean_whole, std_whole = kid(a, b, 10, 1000)
+    assert math.isnan(std_whole) and abs(mean_whole - mmd2_unbiased(a, b)) < 1e-8 * abs(mean_whole) + 1e-9
+    mean_half, std_half = kid(a, b, 50, 50)
+    assert std_half > 0 and abs(mean_half - mean_whole) < 4 * std_half
