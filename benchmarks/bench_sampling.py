@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny untrained model, bundled data")
-    ap.add_argument("--out", default=str(HERE / "results"), help="folder for sampling.md/.json")
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for the results")
+    ap.add_argument("--stem", default=None, help="results file name (default sampling; sampling-quick with --quick)")
     args = ap.parse_args(argv)
     n = args.n or (64 if args.quick else 2048)
     steps = args.steps or ([2, 5] if args.quick else [10, 20, 50, 100])
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             "clip_x0": "no (every sampler's default)",
             "DDIM spacing": "uniform", "DPM-Solver++ spacing": "logsnr (from log SNR = -10, code t = 994)",
             "command": "python benchmarks/bench_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    write_results("sampling-quick" if args.quick else "sampling", "Sample quality vs steps",
+    write_results(args.stem or ("sampling-quick" if args.quick else "sampling"), "Sample quality vs steps",
                   header, rows, meta, Path(args.out))
 
 
