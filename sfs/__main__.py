@@ -17,6 +17,7 @@ from dataclasses import fields
 
 import torch
 
+from sfs import train_autoencoder
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
 
@@ -100,11 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     p_train = sub.add_parser("train", help="train a U-Net diffusion model (resumes if --out has "
                              "a checkpoint)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_args(p_train)
+    p_ae = sub.add_parser("train-autoencoder", help="train the canvas autoencoder of book ch. 10 "
+                          "(resumes if --out has a checkpoint)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train_autoencoder.add_args(p_ae)
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     if args.command == "train":
-        if args.threads:
-            torch.set_num_threads(args.threads)
         train(config_from_args(args, argv), progress=not args.no_progress)
+    elif args.command == "train-autoencoder":
+        train_autoencoder.train_autoencoder(train_autoencoder.config_from_args(args, argv),
+                                            progress=not args.no_progress)
 
 
 if __name__ == "__main__":

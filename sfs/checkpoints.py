@@ -3,13 +3,16 @@
 Book ch. 6, sec. "The training loop" and sec. "The shipped models". Everything is
 stored as safetensors, never pickle: loading a checkpoint cannot run code.
 
-A shipped model ``models/<name>`` is three files (plus two pictures):
-- ``<name>.safetensors``: the weights (fp16 by default) and, in its metadata, the UNetConfig;
-- ``<name>.json``: the machine-readable model card (config, prediction target, schedule, data set
-  and its checksum, steps, machine, command, git commit, the sha256 of the weights file);
+A shipped model ``models/<name>`` is three files (plus two pictures), for every kind of model
+(``KINDS``: the U-Net, the classifiers, the autoencoder):
+- ``<name>.safetensors``: the weights (fp16 by default) and, in its metadata, the model's kind and
+  config (one metadata key, so that identical weights give identical bytes);
+- ``<name>.json``: the machine-readable model card (config, kind, data set and its checksum,
+  steps, machine, command, git commit, the sha256 of the weights file);
 - ``<name>.md``: the human card with a sample grid and the loss curve.
-``load_model`` refuses a file that is truncated, whose sha256 differs from the card's, whose config
-disagrees with the card's, or that has no card, and says which.
+``load_model`` is the one loader of every kind. It refuses a file that is truncated, whose header
+is not a safetensors header, whose sha256 differs from the card's, whose config disagrees with the
+card's, whose kind is not the one asked for, or that has no card, and says which.
 
 A training state ``state-<step>.safetensors`` holds model, EMA, optimizer tensors and RNG states;
 its JSON sidecar ``state-<step>.json`` holds the scalars and the sha256 of the tensors. The
@@ -29,8 +32,6 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from sfs.unet import UNet, UNetConfig
 
 MODELS_ENV_VAR = "SFS_MODELS_DIR"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the repo's models/
@@ -98,14 +99,18 @@ def _check_length(path: Path) -> None:
         if len(head) < 8:
             raise CheckpointError(f"{path} is truncated: {size} bytes, not even a safetensors header")
         (n,) = struct.unpack("<Q", head)
+        if n > size - 8:  # checked before reading: a flipped bit must not allocate gigabytes
+            raise CheckpointError(f"{path} is truncated or not a safetensors file: its first 8 "
+                                  f"bytes promise a header of {n} bytes, the file has {size}")
         raw = f.read(n)
-    if len(raw) < n:
-        raise CheckpointError(f"{path} is truncated: header of {n} bytes, file has {size}")
     try:
         header = json.loads(raw)
-    except ValueError as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not a safetensors file (unreadable header: {e})") from e
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if size < 8 + n + end:
         raise CheckpointError(f"{path} is truncated: its header promises {8 + n + end} bytes, "
                               f"the file has {size}")
@@ -119,30 +124,67 @@ def resolve_models_dir(models_dir: str | Path | None = None) -> Path:
     return Path(models_dir or os.environ.get(MODELS_ENV_VAR) or DEFAULT_MODELS_DIR).expanduser()
 
 
-def save_checkpoint(path: str | Path, model: UNet, config: UNetConfig, card: dict,
+def _kinds() -> dict:
+    """kind -> (config class, model builder). Imported here, not at the top: the model modules
+    import nothing from this one, and this one should not import every model to save one."""
+    from sfs.autoencoder import Autoencoder, AutoencoderConfig
+    from sfs.classifier import Classifier, ClassifierConfig, NoisyClassifier
+    from sfs.unet import UNet, UNetConfig
+    return {"unet": (UNetConfig, UNet),
+            "classifier": (ClassifierConfig,
+                           lambda c: NoisyClassifier(c) if c.noisy else Classifier(c)),
+            "autoencoder": (AutoencoderConfig, Autoencoder)}
+
+
+KINDS = ("unet", "classifier", "autoencoder")
+
+
+def kind_of(model: nn.Module) -> str:
+    """The checkpoint kind of a model: "unet", "classifier" or "autoencoder"."""
+    for kind, (config_cls, _) in _kinds().items():
+        if isinstance(getattr(model, "config", None), config_cls):
+            return kind
+    raise TypeError(f"cannot save a {type(model).__name__}: a checkpoint holds one of {KINDS} "
+                    f"(a module with a .config of its kind)")
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict
+    return config.to_dict() if hasattr(config, "to_dict") else asdict(config)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config=None, card: dict | None = None,
                     dtype: torch.dtype = torch.float16) -> dict:
     """Write ``model``'s weights (cast to ``dtype``) to ``path`` and its card to ``path.json``.
 
-    The config goes into the safetensors metadata and into the card; the card gets the file's
-    sha256 and size. Both writes are atomic. Returns the card as written.
-    Book ch. 6, sec. "The shipped models".
+    Any kind of model (``KINDS``); ``config`` defaults to ``model.config``. The kind and config go
+    into the safetensors metadata and into the card; the card gets the file's sha256 and size.
+    Both writes are atomic, and the same weights always give the same bytes.
+    Book ch. 6, sec. "The shipped models". Returns the card as written.
     """
     path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    kind = kind_of(model)
+    config_d = _config_dict(config if config is not None else model.config)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
-    meta = {"format": "sfs-unet", "config": json.dumps(config.to_dict(), sort_keys=True)}
+    meta = {"sfs": json.dumps({"kind": kind, "config": config_d}, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    card = dict(card)
-    card.update(name=path.stem, config=config.to_dict(), dtype=str(dtype).removeprefix("torch."),
-                file=path.name, file_sha256=sha256_file(path), file_bytes=path.stat().st_size)
+    card = dict(card or {})
+    card.update(name=path.stem, kind=kind, config=config_d,
+                dtype=str(dtype).removeprefix("torch."), file=path.name,
+                file_sha256=sha256_file(path), file_bytes=path.stat().st_size)
     write_json(path.with_suffix(".json"), card)
     return card
 
 
 def _resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None) -> Path:
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path):
+        raise TypeError(f"name_or_path must be a model name or a path, got {name_or_path!r}")
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
-        return p if p.suffix == ".safetensors" else p.with_suffix(".safetensors")
+        return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
     return resolve_models_dir(models_dir) / f"{name_or_path}.safetensors"
 
 
@@ -153,57 +195,102 @@ def read_card(name_or_path: str | Path, models_dir: str | Path | None = None) ->
     if not card_path.is_file():
         raise CheckpointError(f"missing card: {card_path} not found for {path}; a model is "
                               f"loaded only with its card, which holds its sha256 and config")
-    return json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{card_path} is not a JSON model card: {e}") from e
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path} is not a model card: it holds a JSON "
+                              f"{type(card).__name__}, not an object")
+    return card
 
 
-def verify_checkpoint(path: str | Path, card: dict) -> UNetConfig:
-    """Check a weights file against its card; return its config. Raises CheckpointError naming
-    the problem: truncated, sha256 mismatch or config mismatch."""
+def _stored_meta(path: Path) -> tuple[str, dict]:
+    """(kind, config) from a file's safetensors metadata (also the older two-key form)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # the safetensors library's own errors have no common base class
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    try:
+        if "sfs" in meta:
+            stored = json.loads(meta["sfs"])
+            kind, config = stored["kind"], stored["config"]
+        else:  # files written before the kinds were unified: {"format": "sfs-unet", "config": ...}
+            kind, config = meta["format"].removeprefix("sfs-"), json.loads(meta["config"])
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"config mismatch: {path} stores no readable kind and config in "
+                              f"its metadata ({e!r})") from e
+    if kind not in KINDS or not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a model of kind {kind!r}; sfs loads {KINDS}")
+    return kind, config
+
+
+def verify_checkpoint(path: str | Path, card: dict, kind: str | None = None):
+    """Check a weights file against its card; return (kind, config object). Raises
+    CheckpointError naming the problem: truncated, not safetensors, sha256 mismatch, config
+    mismatch, or a kind other than ``kind``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found")
     _check_length(path)
-    if "file_bytes" in card and path.stat().st_size != card["file_bytes"]:
-        kind = "truncated" if path.stat().st_size < card["file_bytes"] else "size mismatch"
-        raise CheckpointError(f"{path} is {kind}: {path.stat().st_size} bytes, "
-                              f"the card says {card['file_bytes']}")
+    size = path.stat().st_size
+    if "file_bytes" in card and size != card["file_bytes"]:
+        what = "truncated" if isinstance(card["file_bytes"], int) and size < card["file_bytes"] \
+            else "size mismatch"
+        raise CheckpointError(f"{path} is {what}: {size} bytes, the card says {card['file_bytes']}")
+    if not isinstance(card.get("file_sha256"), str):
+        raise CheckpointError(f"the card of {path} holds no file_sha256, so the file cannot be "
+                              f"verified")
     digest = sha256_file(path)
-    if digest != card.get("file_sha256"):
+    if digest != card["file_sha256"]:
         raise CheckpointError(f"sha256 mismatch for {path}: file has {digest}, card says "
-                              f"{card.get('file_sha256')}; the file is corrupted or not the one "
+                              f"{card['file_sha256']}; the file is corrupted or not the one "
                               f"the card describes")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise CheckpointError(f"config mismatch: {path} stores no config in its metadata")
-    stored = json.loads(meta["config"])
-    if stored != card.get("config"):
-        diff = {k: (stored.get(k), card.get("config", {}).get(k))
-                for k in set(stored) | set(card.get("config", {}))
-                if stored.get(k) != card.get("config", {}).get(k)}
+    stored_kind, stored = _stored_meta(path)
+    if kind is not None and stored_kind != kind:
+        raise CheckpointError(f"{path} holds a {stored_kind}, not a {kind}: load it with "
+                              f"load_model({path.stem!r}) and use it as a {stored_kind}")
+    card_config = card.get("config")
+    if stored != card_config:
+        card_config = card_config if isinstance(card_config, dict) else {}
+        diff = {k: (stored.get(k), card_config.get(k)) for k in set(stored) | set(card_config)
+                if stored.get(k) != card_config.get(k)}
         raise CheckpointError(f"config mismatch between {path} and its card "
                               f"(file, card): {diff}")
-    return UNetConfig(**stored)
+    config_cls, _ = _kinds()[stored_kind]
+    try:
+        return stored_kind, config_cls(**stored)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} stores a config that sfs cannot build: {e}") from e
 
 
 def load_model(name_or_path: str | Path, models_dir: str | Path | None = None,
-               device: str | torch.device = "cpu") -> tuple[UNet, dict]:
-    """Load a shipped model and its card: ``model, card = load_model("mnist-uncond")``.
+               device: str | torch.device = "cpu", kind: str | None = None
+               ) -> tuple[nn.Module, dict]:
+    """Load a shipped model of any kind and its card: ``model, card = load_model("mnist-uncond")``.
 
     ``name_or_path``: a name in ``models_dir`` (default $SFS_MODELS_DIR, else the repo's
-    models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it.
+    models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it. ``kind``
+    ("unet", "classifier", "autoencoder"), when given, must be what the file holds.
     The weights are verified against the card first; the model comes back in fp32, eval mode.
     Book ch. 6, sec. "The shipped models".
     """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be None or one of {KINDS}, got {kind!r}")
     path = _resolve_model_path(name_or_path, models_dir)
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.safetensors"))
         raise FileNotFoundError(f"no model {path}; models in {path.parent}: {known}")
     card = read_card(path)
-    config = verify_checkpoint(path, card)
-    model = UNet(config)
+    stored_kind, config = verify_checkpoint(path, card, kind)
+    model = _kinds()[stored_kind][1](config)
     state = load_file(str(path))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its tensors do not fit its config: {e}") from e
     return model.to(device).eval(), card
 
 
@@ -289,10 +376,17 @@ def load_training_state(json_path: str | Path, model: nn.Module, ema: nn.Module,
     Book ch. 6, sec. "Checkpoints and resuming".
     """
     json_path = Path(json_path)
-    sidecar = json.loads(json_path.read_text())
+    try:
+        sidecar = json.loads(json_path.read_text())
+        tensor_path = json_path.with_name(sidecar["tensors"])
+        expected = sidecar["tensors_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{json_path} is not a training-state sidecar: {e!r}") from e
+    if not tensor_path.is_file() or sha256_file(tensor_path) != expected:
+        raise CheckpointError(f"{tensor_path} is missing or fails the sha256 in {json_path}")
     # clone: load_file maps the file, and the optimizer would keep views into it (a later
     # in-place change to the file would then change, or crash, the running process)
-    tensors = {k: v.clone() for k, v in load_file(str(json_path.with_name(sidecar["tensors"]))).items()}
+    tensors = {k: v.clone() for k, v in load_file(str(tensor_path)).items()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optimizer.load_state_dict(_unflatten_optimizer(tensors, sidecar["optimizer"]))
@@ -309,11 +403,15 @@ def load_training_state(json_path: str | Path, model: nn.Module, ema: nn.Module,
 # The human model card.
 
 def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
-                        losses: list[float], nrow: int | None = None) -> Path:
+                        losses: list[float], nrow: int | None = None,
+                        rows: list[tuple[str, object]] | None = None,
+                        samples_title: str | None = None) -> Path:
     """Write the human model card ``<name>.md`` with ``<name>-samples.png`` and ``<name>-loss.png``.
 
-    samples: (N, 1, H, W) in [-1, 1], drawn from the model (e.g. 64 for an 8x8 grid);
-    losses: the training loss per step; nrow: images per grid row (default about sqrt(N)).
+    samples: (N, 1 or 3, H, W) in [-1, 1], drawn from the model (e.g. 64 for an 8x8 grid);
+    losses: the training loss per step; nrow: images per grid row (default about sqrt(N));
+    rows: the (field, value) rows of the card's table (default: a diffusion U-Net's);
+    samples_title: the heading of the grid (default: the card's sampler).
     Book ch. 6, sec. "The shipped models".
     """
     import matplotlib
@@ -326,7 +424,10 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     grid_png, loss_png = md_path.with_name(f"{stem}-samples.png"), md_path.with_name(f"{stem}-loss.png")
     nrow = nrow or max(1, int(len(samples) ** 0.5))
     grid = make_grid((samples.float().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    plt.imsave(grid_png, grid[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    if grid.shape[0] == 3 and samples.shape[1] == 3:
+        plt.imsave(grid_png, grid.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    else:
+        plt.imsave(grid_png, grid[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = torch.arange(1, len(losses) + 1)
@@ -344,7 +445,7 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     plt.close(fig)
 
     cfg = card.get("config", {})
-    rows = [("architecture", f"sfs.unet.UNet, {card.get('params', '?'):,} parameters"
+    rows = rows or [("architecture", f"sfs.unet.UNet, {card.get('params', '?'):,} parameters"
              if isinstance(card.get("params"), int) else "sfs.unet.UNet"),
             ("config", ", ".join(f"{k}={v}" for k, v in cfg.items())),
             ("prediction target", card.get("target")),
@@ -363,7 +464,7 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     lines += ["", "Trained with:", "", "```bash", card.get("command", "?"), "```", "",
               "Load it with:", "", "```python", "from sfs.checkpoints import load_model",
               f'model, card = load_model("{stem}")', "```", "",
-              f"## Samples ({card.get('sampler', 'DDIM')})", "", f"![samples]({grid_png.name})", "",
+              f"## {samples_title or 'Samples (' + str(card.get('sampler', 'DDIM')) + ')'}", "", f"![samples]({grid_png.name})", "",
               "## Loss curve", "", f"![loss]({loss_png.name})", ""]
     md_path.write_text("\n".join(lines))
     return md_path

@@ -18,7 +18,6 @@ file's sha256 and the accuracy measured on the full test set.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -31,8 +30,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from sfs.embeddings import timestep_embedding
 from sfs.forward import q_sample
@@ -214,48 +211,25 @@ def train_noisy_classifier(images: torch.Tensor, labels: torch.Tensor, schedule:
 
 
 # ----------------------------------------------------------------------------------------------
-# Saving and loading: safetensors weights + JSON card (sha256, accuracy, data, command).
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
+# Saving and loading: the one checkpoint mechanism of sfs.checkpoints (safetensors + card + sha256).
 
 def save_classifier(path: str | Path, model: nn.Module, card: dict,
                     dtype: torch.dtype = torch.float16) -> dict:
-    """Write ``path`` (.safetensors, config in its metadata) and ``path.json`` (the card)."""
-    path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in model.state_dict().items()}
-    config = asdict(model.config)
-    save_file(tensors, str(path), metadata={"format": "sfs-classifier", "config": json.dumps(config)})
-    card = dict(card, name=path.stem, config=config, dtype=str(dtype).removeprefix("torch."),
-                file=path.name, file_sha256=_sha256(path), file_bytes=path.stat().st_size)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    """Write ``path`` (.safetensors, kind and config in its metadata) and ``path.json`` (the card):
+    ``sfs.checkpoints.save_checkpoint`` for a classifier."""
+    from sfs.checkpoints import save_checkpoint
+    return save_checkpoint(path, model, None, card, dtype)
 
 
 def load_classifier(name_or_path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, dict]:
-    """Load ``models/<name>.safetensors`` (or a path) after checking its card's sha256.
+    """``sfs.checkpoints.load_model`` for a classifier: the same checks (card, size, sha256,
+    config, $SFS_MODELS_DIR), and an error if the file holds another kind of model.
 
     Returns (Classifier or NoisyClassifier in fp32, eval mode; card dict).
     """
-    p = Path(name_or_path)
-    if p.suffix != ".safetensors" and not p.exists() and "/" not in str(name_or_path):
-        p = Path(__file__).resolve().parent.parent / "models" / f"{name_or_path}.safetensors"
-    p = p.with_suffix(".safetensors")
-    if not p.is_file() or not p.with_suffix(".json").is_file():
-        raise FileNotFoundError(f"classifier {p} or its card {p.with_suffix('.json')} not found; "
-                                f"train one with `python -m sfs.classifier --data mnist --out {p.with_suffix('')}`")
-    card = json.loads(p.with_suffix(".json").read_text())
-    if _sha256(p) != card.get("file_sha256"):
-        raise ValueError(f"sha256 mismatch for {p}: the file is not the one its card describes")
-    with safe_open(str(p), framework="pt") as f:
-        config = ClassifierConfig(**json.loads(f.metadata()["config"]))
-    model = NoisyClassifier(config) if config.noisy else Classifier(config)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(p)).items()})
-    return model.to(device).eval(), card
+    from sfs.checkpoints import load_model
+    return load_model(name_or_path, device=device, kind="classifier")
 
 
 def main_train_classifier(argv: list[str] | None = None) -> dict:

@@ -17,12 +17,7 @@ per step), ``samples/step-XXXXXXX.png`` grids and the last two training states.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import platform
-import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,9 +25,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from sfs.checkpoints import (latest_training_state, load_training_state, resolve_models_dir,
-                             save_checkpoint, save_training_state, write_json, write_model_card_md)
+from sfs import loop
+from sfs.checkpoints import resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.data import ImageDataset, load_dataset, to_uint8
+from sfs.loop import (RESUMABLE_CHANGES, batch_indices, ema_update, git_commit,  # noqa: F401
+                      lr_at, machine_name, read_log)
 from sfs.forward import q_sample
 from sfs.losses import simple_loss
 from sfs.parameterizations import eps_from_v, eps_from_x0, x0_from_eps, x0_from_v
@@ -40,12 +37,6 @@ from sfs.schedules import Schedule, cosine_schedule, linear_schedule
 from sfs.unet import UNet, UNetConfig, count_params
 
 SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
-# Settings a resumed run may change: where and how fast it runs, and what it writes. Any other
-# change (model, data, lr, seed, ...) would make the result differ from an uninterrupted run;
-# another device or precision changes it only by floating-point rounding.
-RESUMABLE_CHANGES = {"steps", "minutes", "data_dir", "device", "bf16", "channels_last", "compile",
-                     "out", "ckpt_every", "sample_every", "sample_n", "sample_steps",
-                     "guidance_scale", "log_every", "export", "models_dir", "command"}
 
 
 @dataclass
@@ -94,44 +85,6 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Pieces of the loop.
-
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then constant. Book ch. 6, sec. "The recipe"."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """ema <- d * ema + (1 - d) * model with d = min(decay, (1 + step) / (10 + step)).
-
-    The warm-up of d keeps early, random weights from lingering. Book ch. 6, sec. "EMA of the weights".
-    """
-    d = min(decay, (1 + step) / (10 + step))
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - d)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int,
-                  cache: dict | None = None) -> torch.Tensor:
-    """Indices (batch_size,) of the batch for ``step``: a slice of a permutation of range(n) seeded
-    by (seed, epoch). A function of (seed, step) alone, so a resumed run sees the same batches.
-
-    Book ch. 6, sec. "Checkpoints and resuming". The last incomplete batch of an epoch is dropped.
-    """
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} is larger than the data set ({n} images)")
-    epoch, i = divmod(step, per_epoch)
-    if cache is None or cache.get("epoch") != epoch:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        if cache is None:
-            return perm[i * batch_size:(i + 1) * batch_size]
-        cache.update(epoch=epoch, perm=perm)
-    return cache["perm"][i * batch_size:(i + 1) * batch_size]
-
 
 def _to_eps_x0(schedule: Schedule, target: str, out: torch.Tensor, x_t: torch.Tensor,
                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,45 +155,6 @@ def data_sha256(dataset: ImageDataset) -> str:
     return h.hexdigest()
 
 
-def machine_name(device: torch.device) -> str:
-    """'NVIDIA H100 80GB HBM3' or the CPU model with its core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    """The repository's HEAD commit, with '-dirty' when sfs/ has uncommitted changes.
-
-    Where the code runs without its .git (a copy on a GPU machine), $SFS_GIT_COMMIT, set by
-    whoever copied it, is used; else "unknown".
-    """
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfs"], cwd=repo,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SFS_GIT_COMMIT", "unknown")
-
-
-def _read_losses(log_path: Path, upto: int | None = None) -> list[dict]:
-    if not log_path.is_file():
-        return []
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if upto is None or r["step"] <= upto]
-
-
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
@@ -254,14 +168,11 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
     """
     if cfg.target not in ("eps", "x0", "v"):
         raise ValueError(f"target must be 'eps', 'x0' or 'v', got {cfg.target!r}")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = loop.resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "loss.jsonl"
 
     if dataset is None:
         dataset = load_dataset(cfg.data, "train", cfg.data_dir)
@@ -275,62 +186,10 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
     model = UNet(cfg.model).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(cfg.seed)  # t, eps, label dropout
-    forward = torch.compile(model) if cfg.compile else model
 
-    step, wall_time = 0, 0.0
-    state = latest_training_state(run_dir)
-    if state is not None:
-        saved, now = json.loads((run_dir / "config.json").read_text()), cfg.to_dict()
-        differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-        if differ:
-            changes = ", ".join(f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in differ)
-            raise ValueError(f"{run_dir} holds a run with other settings, so it cannot be resumed "
-                             f"with these: {changes}. Use another --out, or the same settings.")
-        sidecar = load_training_state(state, model, ema, optimizer, generator)
-        step, wall_time = sidecar["step"], sidecar.get("wall_time_s", 0.0)
-        kept = _read_losses(log_path, upto=step)  # drop lines logged after the checkpoint
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    else:
-        write_json(run_dir / "config.json", cfg.to_dict())
-        log_path.write_text("")
-
-    from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
-               desc=f"train {cfg.data}")
-    if progress:
-        bar.write(f"{count_params(model):,} parameters on {machine_name(device)}; "
-                  f"{f'resuming at step {step}' if step else 'starting'} in {run_dir}")
-    pending: list[tuple[int, torch.Tensor, float]] = []  # losses kept on the device until a flush
-    perm_cache: dict = {}
-    t_start, t_flush, imgs_since = time.perf_counter(), time.perf_counter(), 0
-    model.train()
-
-    def flush() -> None:
-        nonlocal t_flush, imgs_since
-        if not pending:
-            return
-        values = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one sync
-        with open(log_path, "a") as f:
-            for (s, _, lr), v in zip(pending, values):
-                f.write(json.dumps({"step": s, "loss": round(v, 6), "lr": lr}) + "\n")
-        rate = imgs_since / max(time.perf_counter() - t_flush, 1e-9)
-        bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", img_s=f"{rate:.0f}")
-        bar.update(pending[-1][0] - bar.n)
-        pending.clear()
-        t_flush, imgs_since = time.perf_counter(), 0
-
-    def checkpoint() -> None:
-        flush()
-        save_training_state(run_dir, step, model, ema, optimizer, generator,
-                            extra={"wall_time_s": wall_time + time.perf_counter() - t_start})
-
-    deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
-    while step < cfg.steps:
-        idx = batch_indices(images.shape[0], cfg.batch_size, cfg.seed, step, perm_cache).to(device)
+    def loss_fn(forward, idx, generator):
+        idx = idx.to(device)
         x0 = images[idx].contiguous(memory_format=memory_format)  # (B, 1, 28, 28)
         B = x0.shape[0]
         t = torch.randint(0, schedule.T, (B,), generator=generator, device=device)
@@ -340,39 +199,17 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
         if num_classes is not None:
             drop = torch.rand(B, generator=generator, device=device) < cfg.label_dropout
             y = torch.where(drop, torch.full_like(labels[idx], num_classes), labels[idx])
+        out = forward(x_t, t, y)
+        return simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target,
+                           weighting=cfg.weighting), None
 
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = forward(x_t, t, y)
-        loss = simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target,
-                           weighting=cfg.weighting)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema_update(ema, model, cfg.ema_decay, step)
-        step += 1
-        imgs_since += B
-        pending.append((step, loss.detach(), lr))
+    def on_sample(step, ema):
+        save_grid(sample_grid(ema, schedule, cfg, num_classes),
+                  run_dir / "samples" / f"step-{step:07d}.png", nrow=num_classes)
 
-        if step % cfg.log_every == 0:
-            flush()
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            save_grid(sample_grid(ema, schedule, cfg, num_classes),
-                      run_dir / "samples" / f"step-{step:07d}.png", nrow=num_classes)
-        out_of_time = deadline is not None and time.perf_counter() > deadline
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-            checkpoint()
-        if on_step is not None:
-            on_step(step)
-        if out_of_time:
-            break
-    flush()
-    bar.close()
-    wall_time += time.perf_counter() - t_start
-
+    ema, step, wall_time = loop.run(cfg, model, loss_fn, images.shape[0], device, generator,
+                                    desc=f"train {cfg.data}", progress=progress, on_step=on_step,
+                                    on_sample=on_sample)
     if cfg.export:
         export(cfg, ema, schedule, dataset, run_dir, step, wall_time, device)
     return ema
@@ -384,7 +221,7 @@ def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageD
     Markdown model cards. Book ch. 6, sec. "The shipped models". Returns the weights path."""
     models_dir = resolve_models_dir(cfg.models_dir)
     path = models_dir / f"{cfg.export}.safetensors"
-    losses = [r["loss"] for r in _read_losses(run_dir / "loss.jsonl")]
+    losses = [r["loss"] for r in read_log(run_dir / "loss.jsonl")]
     kind = f"class-conditional (CFG, null label {cfg.model.num_classes})" if cfg.conditional \
         else "unconditional"
     card = {

@@ -1,0 +1,255 @@
+"""The plumbing of every training loop in sfs: batches, optimizer, EMA, logging, checkpoints, resume.
+
+Book ch. 6, sec. "The training loop" and sec. "Checkpoints and resuming". What is trained (a
+diffusion U-Net in ``sfs.train``, the autoencoder in ``sfs.train_autoencoder``) differs only in
+its loss; everything else is here, once:
+
+    for step in range(start, cfg.steps):
+        idx   <- batch_indices(n, batch_size, seed, step)   (a function of (seed, step) alone)
+        loss  <- loss_fn(forward, idx, generator)           (the caller's loss on that batch)
+        AdamW step with linear warmup and gradient clipping, then the EMA of the weights
+        every log_every steps: loss.jsonl and the progress bar; every ckpt_every: a training state
+
+Everything random is drawn from ``generator`` (and torch's global RNG for dropout), whose states go
+into the checkpoint, so a run that is killed and resumed ends with the same weights as one that
+never stopped.
+
+``cfg`` is any dataclass with the fields of ``LOOP_FIELDS`` and a ``to_dict()``; the run folder
+``cfg.out`` holds ``config.json``, ``loss.jsonl`` (one line per step) and the last two states.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from sfs.checkpoints import (latest_training_state, load_training_state, save_training_state,
+                             write_json)
+
+# The fields a training config needs for this loop (see sfs.train.TrainConfig for their meaning).
+LOOP_FIELDS = ("steps", "minutes", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
+               "ema_decay", "seed", "bf16", "compile", "out", "ckpt_every", "sample_every",
+               "log_every")
+# Settings a resumed run may change: where and how fast it runs, and what it writes. Any other
+# change (model, data, lr, seed, ...) would make the result differ from an uninterrupted run;
+# another device or precision changes it only by floating-point rounding.
+RESUMABLE_CHANGES = {"steps", "minutes", "data_dir", "device", "bf16", "channels_last", "compile",
+                     "threads", "out", "ckpt_every", "sample_every", "sample_n", "sample_steps",
+                     "guidance_scale", "log_every", "export", "models_dir", "command"}
+
+
+def lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then constant. Book ch. 6, sec. "The recipe"."""
+    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model with d = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up of d keeps early, random weights from lingering. Book ch. 6, sec. "EMA of the weights".
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - d)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int,
+                  cache: dict | None = None) -> torch.Tensor:
+    """Indices (batch_size,) of the batch for ``step``: a slice of a permutation of range(n) seeded
+    by (seed, epoch). A function of (seed, step) alone, so a resumed run sees the same batches.
+
+    Book ch. 6, sec. "Checkpoints and resuming". The last incomplete batch of an epoch is dropped.
+    """
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size={batch_size} is larger than the data set ({n} images)")
+    epoch, i = divmod(step, per_epoch)
+    if cache is None or cache.get("epoch") != epoch:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        if cache is None:
+            return perm[i * batch_size:(i + 1) * batch_size]
+        cache.update(epoch=epoch, perm=perm)
+    return cache["perm"][i * batch_size:(i + 1) * batch_size]
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto": cuda if available, else cpu; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def machine_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3' or the CPU model with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with '-dirty' when sfs/ has uncommitted changes.
+
+    Where the code runs without its .git (a copy on a GPU machine), $SFS_GIT_COMMIT, set by
+    whoever copied it, is used; else "unknown".
+    """
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfs"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("SFS_GIT_COMMIT", "unknown")
+
+
+def read_log(log_path: str | Path, upto: int | None = None) -> list[dict]:
+    """The rows of a ``loss.jsonl`` (up to step ``upto``). A torn last line, left by a crash or a
+    full disk in the middle of a write, is dropped; a damaged line elsewhere is an error."""
+    log_path = Path(log_path)
+    if not log_path.is_file():
+        return []
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a log row")
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # torn last line
+            raise ValueError(f"{log_path}: line {i + 1} is damaged: {line[:80]!r}") from None
+        rows.append(row)
+    return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of writes that a kill interrupted (``atomic_write`` names them .X.tmp)."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.device,
+        generator: torch.Generator, desc: str = "train", progress: bool = True,
+        on_step: Callable[[int], None] | None = None,
+        on_sample: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, int, float]:
+    """Train ``model`` (already on ``device``) for ``cfg.steps``, resuming from ``cfg.out``.
+
+    loss_fn(forward, idx, generator) -> (loss, extras): the scalar loss of the batch at indices
+    idx (batch_size,) and a dict of scalar tensors to log beside it (or None); ``forward`` is the
+    model (compiled with ``cfg.compile``) to call. on_sample(step, ema) runs every
+    ``cfg.sample_every`` steps; on_step(step) after every step. Returns (ema in eval mode, steps
+    done, wall time in seconds). Book ch. 6, sec. "The training loop".
+    """
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(run_dir)
+    log_path = run_dir / "loss.jsonl"
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    forward = torch.compile(model) if cfg.compile else model
+
+    step, wall_time = 0, 0.0
+    state = latest_training_state(run_dir)
+    if state is not None:
+        saved, now = json.loads((run_dir / "config.json").read_text()), cfg.to_dict()
+        differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if differ:
+            changes = ", ".join(f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in differ)
+            raise ValueError(f"{run_dir} holds a run with other settings, so it cannot be resumed "
+                             f"with these: {changes}. Use another --out, or the same settings.")
+        sidecar = load_training_state(state, model, ema, optimizer, generator)
+        step, wall_time = sidecar["step"], sidecar.get("wall_time_s", 0.0)
+        kept = read_log(log_path, upto=step)  # drop lines logged after the checkpoint
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        write_json(run_dir / "config.json", cfg.to_dict())
+        log_path.write_text("")
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=desc)
+    if progress:
+        n_params = sum(p.numel() for p in model.parameters())
+        bar.write(f"{n_params:,} parameters on {machine_name(device)}; "
+                  f"{f'resuming at step {step}' if step else 'starting'} in {run_dir}")
+    pending: list[tuple[int, float, dict]] = []  # (step, lr, tensors) kept until a flush
+    perm_cache: dict = {}
+    t_start, t_flush, imgs_since = time.perf_counter(), time.perf_counter(), 0
+    model.train()
+
+    def flush() -> None:
+        nonlocal t_flush, imgs_since
+        if not pending:
+            return
+        keys = list(pending[0][2])
+        values = torch.stack([torch.stack([v[k].float() for k in keys]) for _, _, v in pending]).tolist()
+        with open(log_path, "a") as f:  # one sync for the whole flush
+            for (s, lr, _), row in zip(pending, values):
+                f.write(json.dumps({"step": s, **{k: round(x, 6) for k, x in zip(keys, row)},
+                                    "lr": lr}) + "\n")
+        rate = imgs_since / max(time.perf_counter() - t_flush, 1e-9)
+        bar.set_postfix(loss=f"{sum(r[0] for r in values) / len(values):.4f}", img_s=f"{rate:.0f}")
+        bar.update(pending[-1][0] - bar.n)
+        pending.clear()
+        t_flush, imgs_since = time.perf_counter(), 0
+
+    def checkpoint() -> None:
+        flush()
+        save_training_state(run_dir, step, model, ema, optimizer, generator,
+                            extra={"wall_time_s": wall_time + time.perf_counter() - t_start})
+
+    deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
+    while step < cfg.steps:
+        idx = batch_indices(n_data, cfg.batch_size, cfg.seed, step, perm_cache)
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, extras = loss_fn(forward, idx, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema_update(ema, model, cfg.ema_decay, step)
+        step += 1
+        imgs_since += len(idx)
+        pending.append((step, lr, {"loss": loss.detach(), **(extras or {})}))
+
+        if step % cfg.log_every == 0:
+            flush()
+        if on_sample is not None and cfg.sample_every and step % cfg.sample_every == 0:
+            on_sample(step, ema)
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+            checkpoint()
+        if on_step is not None:
+            on_step(step)
+        if out_of_time:
+            break
+    flush()
+    bar.close()
+    wall_time += time.perf_counter() - t_start
+    return ema, step, wall_time
