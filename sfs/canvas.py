@@ -67,7 +67,7 @@ REGION_WORDS = {"left": ["on the left", "in the left half"], "right": ["on the r
                 "top": ["at the top", "in the top half"], "bottom": ["at the bottom", "in the bottom half"]}
 KINDS = ["one", "two", "count"]
 KIND_PROBS = (0.3, 0.5, 0.2)
-GAP = 2  # at least this many empty pixels between the boxes of two objects
+GAP = 4  # empty pixels between the boxes of two objects: the evaluator merges fragments 2 apart
 
 # Held out: one colour per class (class k never appears in colour HELD_OUT_COLOUR[k] in training).
 HELD_OUT_COLOUR = [(3 * k + 1) % len(COLOURS) for k in range(NUM_CLASSES)]
