@@ -237,7 +237,10 @@ def main_train_classifier(argv: list[str] | None = None) -> dict:
     from sfs.data import load_dataset
 
     ap = argparse.ArgumentParser(prog="python -m sfs.classifier", description=main_train_classifier.__doc__)
-    ap.add_argument("--data", default="mnist", choices=["mnist", "fashion-mnist"])
+    ap.add_argument("--data", default="mnist", choices=["mnist", "fashion-mnist", "canvas-objects"],
+                    help="canvas-objects: the 15 classes of objects found on single-object "
+                         "canvases (sfs.canvas_eval.make_crop_dataset), for the canvas evaluator")
+    ap.add_argument("--n-canvases", type=int, default=30000, help="for canvas-objects")
     ap.add_argument("--data-dir", default=None, help="folder with the IDX files (default $SFS_DATA_DIR)")
     ap.add_argument("--out", required=True, help="output path without suffix, e.g. models/mnist-classifier")
     ap.add_argument("--noisy", action="store_true", help="train the noise-aware NoisyClassifier")
@@ -255,12 +258,25 @@ def main_train_classifier(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    train = load_dataset(args.data, "train", args.data_dir)
-    test = load_dataset(args.data, "test", args.data_dir)
+    if args.data == "canvas-objects":
+        from types import SimpleNamespace
+
+        from sfs.canvas import NUM_CLASSES, make_canvases
+        from sfs.canvas_eval import make_crop_dataset
+        crops = {split: make_crop_dataset(make_canvases(n, split, args.seed, "all", data_dir=args.data_dir,
+                                                        max_objects=1))
+                 for split, n in (("train", args.n_canvases), ("test", 5000))}
+        train, test = (SimpleNamespace(images=crops[s][0], labels=crops[s][1],
+                                       ) for s in ("train", "test"))
+        num_classes = NUM_CLASSES
+    else:
+        train = load_dataset(args.data, "train", args.data_dir)
+        test = load_dataset(args.data, "test", args.data_dir)
+        num_classes = 10
     x, y = train.images[:args.limit], train.labels[:args.limit]
     t0 = time.time()
     schedule = None
-    config = ClassifierConfig(width=args.width, noisy=args.noisy)
+    config = ClassifierConfig(width=args.width, noisy=args.noisy, num_classes=num_classes)
     if args.noisy:
         schedule = (cosine_schedule if args.schedule == "cosine" else linear_schedule)(args.T)
         model, steps = train_noisy_classifier(x, y, schedule, args.epochs or 4, args.batch_size,
@@ -287,7 +303,7 @@ def main_train_classifier(argv: list[str] | None = None) -> dict:
         commit = None
     card = {
         "kind": "NoisyClassifier" if args.noisy else "Classifier",
-        "data": args.data, "train_images": len(x), "test_images": len(test),
+        "data": args.data, "train_images": len(x), "test_images": len(test.labels),
         "test_accuracy": acc16 if dtype == torch.float16 else acc32,
         "test_accuracy_fp32": acc32,
         "test_accuracy_note": ("on x_t with t uniform in [0, T) (seed 1234)" if args.noisy

@@ -149,3 +149,136 @@ def test_shipped_models_load_and_denoise(name):
     with torch.no_grad():
         eps_hat = model(q_sample(schedule, x0, t, eps), t)
     assert (eps_hat - eps).pow(2).mean() < 0.15  # shipped: 0.04-0.07; predicting 0 gives ~1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# One loader for every kind, and damaged files refused cleanly.
+
+import random  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from sfs.classifier import Classifier, ClassifierConfig, load_classifier, save_classifier  # noqa: E402
+from sfs.loop import read_log  # noqa: E402
+
+
+@pytest.fixture
+def classifier_file(tmp_path):
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(width=8, num_classes=15))
+    save_classifier(tmp_path / "clf", model, {"test_accuracy": 0.5})
+    return tmp_path, model
+
+
+def test_every_kind_loads_through_load_model(shipped, classifier_file):
+    models_dir, _, _ = shipped
+    cdir, clf = classifier_file
+    unet, card = load_model("tiny", models_dir=models_dir, kind="unet")
+    assert isinstance(unet, UNet) and card["kind"] == "unet"
+    loaded, ccard = load_model(cdir / "clf.safetensors")
+    assert isinstance(loaded, Classifier) and ccard["kind"] == "classifier"
+    assert loaded.config.num_classes == 15
+    assert load_classifier(cdir / "clf.safetensors")[1] == ccard
+
+
+def test_a_file_of_another_kind_is_refused_by_name(shipped, classifier_file):
+    models_dir, _, _ = shipped
+    cdir, _ = classifier_file
+    with pytest.raises(CheckpointError, match="holds a unet, not a classifier"):
+        load_classifier(models_dir / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="holds a classifier, not a unet"):
+        load_model(cdir / "clf.safetensors", kind="unet")
+    with pytest.raises(ValueError, match="kind"):
+        load_model(cdir / "clf.safetensors", kind="vae")
+
+
+def test_load_classifier_honours_the_models_dir_variable(classifier_file, monkeypatch):
+    cdir, _ = classifier_file
+    monkeypatch.setenv("SFS_MODELS_DIR", str(cdir))
+    assert isinstance(load_classifier("clf")[0], Classifier)
+
+
+def test_a_header_claiming_more_bytes_than_the_file_is_refused_before_reading(shipped):
+    models_dir, _, _ = shipped
+    path = models_dir / "tiny.safetensors"
+    data = bytearray(path.read_bytes())
+    data[:8] = struct.pack("<Q", 1 << 60)  # one flipped high bit claims an exabyte header
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="promise a header"):
+        load_model("tiny", models_dir=models_dir)
+
+
+@pytest.mark.parametrize("text, what", [("not json", "not a JSON model card"),
+                                        ("[1, 2]", "not an object"), ('"x"', "not an object")])
+def test_a_card_that_is_not_a_json_object_is_refused(shipped, text, what):
+    models_dir, _, _ = shipped
+    (models_dir / "tiny.json").write_text(text)
+    with pytest.raises(CheckpointError, match=what):
+        load_model("tiny", models_dir=models_dir)
+
+
+def test_a_pickle_renamed_safetensors_is_refused(tmp_path):
+    import pickle
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    (tmp_path / "evil.json").write_text(json.dumps({"file_sha256": "0", "config": {}}))
+    with pytest.raises(CheckpointError):
+        load_model(path)
+
+
+def test_fuzzed_files_are_refused_cleanly(shipped):
+    """Truncations and bit flips anywhere (header, metadata, data) end in CheckpointError,
+    never in another exception and never in a silently different model."""
+    models_dir, _, card = shipped
+    path = models_dir / "tiny.safetensors"
+    good = path.read_bytes()
+    (n,) = struct.unpack("<Q", good[:8])
+    rng = random.Random(0)
+    cases = [good[:k] for k in (0, 4, 8, 9, 8 + n // 2, 8 + n, len(good) - 1)]
+    for _ in range(60):
+        data = bytearray(good)
+        pos = rng.choice([rng.randrange(8), rng.randrange(8, 8 + n), rng.randrange(8 + n, len(good))])
+        data[pos] ^= 1 << rng.randrange(8)
+        cases.append(bytes(data))
+    for data in cases:
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError):
+            load_model("tiny", models_dir=models_dir)
+    path.write_bytes(good)
+    assert load_model("tiny", models_dir=models_dir)[1] == card
+
+
+def test_the_same_weights_give_the_same_bytes_in_every_process(tmp_path):
+    """The metadata is one key, so no hash-map order can differ between processes."""
+    code = ("import sys, torch; from sfs.checkpoints import save_checkpoint; "
+            "from sfs.unet import UNet, UNetConfig; torch.manual_seed(0); "
+            "c = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2); "
+            "print(save_checkpoint(sys.argv[1], UNet(c), c, {})['file_sha256'])")
+    digests = {subprocess.run([sys.executable, "-c", code, str(tmp_path / f"m{i}.safetensors")],
+                              capture_output=True, text=True, check=True).stdout.strip()
+               for i in range(3)}
+    assert len(digests) == 1
+
+
+def test_load_training_state_verifies_the_sha256_of_its_tensors(tmp_path):
+    model = UNet(TINY)
+    ema = UNet(TINY)
+    opt = torch.optim.AdamW(model.parameters())
+    g = torch.Generator().manual_seed(0)
+    sidecar = save_training_state(tmp_path, 5, model, ema, opt, g)
+    tensors = tmp_path / json.loads(sidecar.read_text())["tensors"]
+    data = bytearray(tensors.read_bytes())
+    data[-5] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_training_state(sidecar, model, ema, opt, g)
+
+
+def test_a_torn_last_log_line_is_dropped_and_a_damaged_middle_line_is_an_error(tmp_path):
+    log = tmp_path / "loss.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_log(log)] == [1, 2]
+    log.write_text('{"step": 1, "loss": 0.5}\n{"ste\n{"step": 3, "loss": 0.4}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_log(log)

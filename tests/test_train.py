@@ -136,3 +136,19 @@ def test_a_time_limit_stops_with_a_checkpoint(sample, tmp_path):
     cfg.minutes = 0.0  # out of time after the first step
     train(cfg, dataset=sample, progress=False)
     assert [p.name for p in tmp_path.glob("state-*.json")] == ["state-0000001.json"]
+
+
+def test_a_torn_log_line_and_stale_temporaries_do_not_stop_a_resume(straight_run, sample, tmp_path):
+    def crash_at_4(step):
+        if step == 4:
+            raise Crash
+    with pytest.raises(Crash):
+        train(_cfg(tmp_path), dataset=sample, on_step=crash_at_4, progress=False)
+    with open(tmp_path / "loss.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # power lost in the middle of a line
+    (tmp_path / ".state-0000006.safetensors.abc.tmp").write_bytes(b"half a file")
+    train(_cfg(tmp_path), dataset=sample, progress=False)
+    assert (straight_run / "loss.jsonl").read_text() == (tmp_path / "loss.jsonl").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+    a, b = _final_state(straight_run), _final_state(tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng."))
