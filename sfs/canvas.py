@@ -83,6 +83,30 @@ def is_held_out_triple(first: int, second: int, axis: int) -> bool:
     return (first + 2 * second + 4 * axis) % 9 == 0
 
 
+POSITION_THRESHOLD = 0.1  # GenEval's: the centres' offset is reduced by this times the box sizes
+
+
+def relation_holds(box_a, box_b, relation: str) -> bool:
+    """Whether "a <relation> b" holds for two boxes (x0, y0, x1, y1), image y pointing down.
+
+    The relative-position rule of GenEval (Ghosh et al. 2023): the offset of the centres,
+    reduced in each axis by POSITION_THRESHOLD times the sum of the boxes' sizes in that axis,
+    divided by the length of the offset; "left of" when its x part is below -0.5, and so on.
+    The generator places objects only where this holds, and the evaluator judges by it.
+    """
+    ca = ((box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2)
+    cb = ((box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2)
+    dims = (box_a[2] - box_a[0] + box_b[2] - box_b[0], box_a[3] - box_a[1] + box_b[3] - box_b[1])
+    offset = (ca[0] - cb[0], ca[1] - cb[1])
+    revised = [max(abs(o) - POSITION_THRESHOLD * d, 0.0) * (1 if o > 0 else -1)
+               for o, d in zip(offset, dims)]
+    norm = (offset[0] ** 2 + offset[1] ** 2) ** 0.5
+    if max(abs(r) for r in revised) < 1e-3:
+        return False
+    dx, dy = revised[0] / norm, revised[1] / norm
+    return {"left of": dx < -0.5, "right of": dx > 0.5, "above": dy < -0.5, "below": dy > 0.5}[relation]
+
+
 @dataclass
 class Canvases:
     """A set of N captioned canvases.
@@ -365,6 +389,10 @@ def make_canvases(n: int, split: str = "train", seed: int = 0, combos: str = "se
         corners = _place(rng, W, wh, rel, reg)
         if corners is None:
             continue
+        if m == 2:  # every two-object layout reads unambiguously as its relation (GenEval's rule)
+            b = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, wh)]
+            if not relation_holds(b[0], b[1], rel):
+                continue
         for j, (p, s, b, (x, y)) in enumerate(zip(picks, siz, bb, corners)):
             g = src.gray[SIZE_NAMES[s]][p, b[1]:b[3], b[0]:b[2]]  # the object's pixel box
             h, w = g.shape

@@ -14,8 +14,8 @@ enough for parts we build and ship ourselves, all offline:
    largest channel, and the nearest palette colour;
 4. its size: the longer side of its box against ``SIZE_THRESHOLD`` (digits and items differ,
    since a digit fills about 20 of its 28 pixels and an item all 28);
-5. positions: GenEval's relative-position rule on the box centres (``relation_holds``), and the
-   centre's half of the canvas for regions.
+5. positions: GenEval's relative-position rule on the box centres (``sfs.canvas.relation_holds``,
+   the rule the generator places by), and the centre's half of the canvas for regions.
 
 ``judge`` matches the spec's objects to the detections (the assignment that agrees best) and
 reports, per canvas, the clauses object / colour / count / position / size and the whole prompt;
@@ -32,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sfs.canvas import (COLOUR_RGB, COLOURS, NUM_CLASSES, RELATIONS, REGIONS, SIZE_NAMES, Canvases)
+from sfs.canvas import (COLOUR_RGB, NUM_CLASSES, RELATIONS, REGIONS, Canvases,
+                        relation_holds)
 
 FOREGROUND = 0.2  # brightest channel in [0, 1] above which a pixel is an object's
 MIN_AREA = 6  # components of fewer pixels are noise
 SIZE_THRESHOLD = {"digit": 13, "item": 18}  # longer box side (px) from which an object is "large"
-POSITION_THRESHOLD = 0.1  # GenEval's: the centres' offset is reduced by this times the box sizes
 CLASSIFIER_NAME = "canvas-object-classifier"
 CROP = 28  # side of the classifier's input; the object is scaled to fit CROP - 8 pixels
 
@@ -143,25 +143,6 @@ def object_size(box: tuple, cls: int) -> int:
     """0 (small) or 1 (large) from the longer side of the box and the class's group."""
     side = max(box[2] - box[0], box[3] - box[1])
     return int(side >= SIZE_THRESHOLD["digit" if cls < 10 else "item"])
-
-
-def relation_holds(box_a: tuple, box_b: tuple, relation: str) -> bool:
-    """Whether "a <relation> b" holds for two boxes (x0, y0, x1, y1), image y pointing down.
-
-    The GenEval rule (Ghosh et al. 2023): the offset of the centres, reduced in each axis by
-    POSITION_THRESHOLD times the sum of the boxes' sizes in that axis, normalised by the length
-    of the offset; "left of" when its x part is below -0.5, and so on.
-    """
-    ca = torch.tensor([(box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2])
-    cb = torch.tensor([(box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2])
-    dims = torch.tensor([box_a[2] - box_a[0] + box_b[2] - box_b[0],
-                         box_a[3] - box_a[1] + box_b[3] - box_b[1]], dtype=torch.float32)
-    offset = ca - cb
-    revised = (offset.abs() - POSITION_THRESHOLD * dims).clamp_min(0) * offset.sign()
-    if revised.abs().max() < 1e-3:
-        return False
-    dx, dy = (revised / offset.norm()).tolist()
-    return {"left of": dx < -0.5, "right of": dx > 0.5, "above": dy < -0.5, "below": dy > 0.5}[relation]
 
 
 def region_holds(box: tuple, region: str, size: int) -> bool:
