@@ -17,7 +17,7 @@ from dataclasses import fields
 
 import torch
 
-from sfs import train_autoencoder
+from sfs import generate_cli, train_autoencoder, train_text2image
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
 
@@ -105,11 +105,24 @@ def main(argv: list[str] | None = None) -> None:
                           "(resumes if --out has a checkpoint)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train_autoencoder.add_args(p_ae)
+    p_t2i = sub.add_parser("train-text2image", help="train the text-to-image model of book ch. 12 "
+                           "(resumes if --out has a checkpoint)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train_text2image.add_args(p_t2i)
+    p_gen = sub.add_parser("generate", help="draw images for a prompt with the shipped tiny "
+                           "Stable Diffusion (book ch. 12)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate_cli.add_args(p_gen)
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command == "train":
         train(config_from_args(args, argv), progress=not args.no_progress)
+    elif args.command == "train-text2image":
+        train_text2image.train_text2image(train_text2image.config_from_args(args, argv),
+                                          progress=not args.no_progress)
+    elif args.command == "generate":
+        generate_cli.run(args, parser)
     elif args.command == "train-autoencoder":
         train_autoencoder.train_autoencoder(train_autoencoder.config_from_args(args, argv),
                                             progress=not args.no_progress)

@@ -129,18 +129,19 @@ def _kinds() -> dict:
     import nothing from this one, and this one should not import every model to save one."""
     from sfs.autoencoder import Autoencoder, AutoencoderConfig
     from sfs.classifier import Classifier, ClassifierConfig, NoisyClassifier
+    from sfs.text2image import TextToImage, TextToImageConfig
     from sfs.unet import UNet, UNetConfig
-    return {"unet": (UNetConfig, UNet),
+    return {"unet": (UNetConfig, UNet), "text2image": (TextToImageConfig, TextToImage),
             "classifier": (ClassifierConfig,
                            lambda c: NoisyClassifier(c) if c.noisy else Classifier(c)),
             "autoencoder": (AutoencoderConfig, Autoencoder)}
 
 
-KINDS = ("unet", "classifier", "autoencoder")
+KINDS = ("unet", "classifier", "autoencoder", "text2image")
 
 
 def kind_of(model: nn.Module) -> str:
-    """The checkpoint kind of a model: "unet", "classifier" or "autoencoder"."""
+    """The checkpoint kind of a model: "unet", "classifier", "autoencoder" or "text2image"."""
     for kind, (config_cls, _) in _kinds().items():
         if isinstance(getattr(model, "config", None), config_cls):
             return kind
@@ -272,7 +273,7 @@ def load_model(name_or_path: str | Path, models_dir: str | Path | None = None,
 
     ``name_or_path``: a name in ``models_dir`` (default $SFS_MODELS_DIR, else the repo's
     models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it. ``kind``
-    ("unet", "classifier", "autoencoder"), when given, must be what the file holds.
+    ("unet", "classifier", "autoencoder", "text2image"), when given, must be what the file holds.
     The weights are verified against the card first; the model comes back in fp32, eval mode.
     Book ch. 6, sec. "The shipped models".
     """

@@ -324,4 +324,7 @@ def main_train_classifier(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main_train_classifier()
+    # Run the function of the imported module, not of __main__: its classes are the ones that
+    # sfs.checkpoints knows (a dataclass defined twice is two classes).
+    from sfs.classifier import main_train_classifier as main
+    main()

@@ -48,6 +48,11 @@ class CFGModel(nn.Module):
         self.model = model
         self.w = _check_scale("w (the guidance scale)", w)
         self.config = getattr(model, "config", None)  # so samplers can check x_T's shape
+        self.null_cond = getattr(model, "null_cond", None)  # text models: the empty prompt
+        self.check_cond = getattr(model, "check_cond", None)
+        if self.null_cond is not None:
+            self.null_label = None
+            return
         if null_label is None:
             null_label = getattr(self.config, "num_classes", None)
             if null_label is None:
@@ -59,7 +64,8 @@ class CFGModel(nn.Module):
                 ) -> torch.Tensor:
         if cond is None:
             return self.model(x_t, t, None)
-        null = torch.full_like(cond, self.null_label)
+        null = (self.null_cond(len(cond), cond.device) if self.null_cond is not None
+                else torch.full_like(cond, self.null_label))
         eps = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null]))  # (2B, ...)
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + self.w * (eps_cond - eps_uncond)

@@ -52,7 +52,10 @@ def check_x_T(model: nn.Module, x_T: torch.Tensor, cond: torch.Tensor | None = N
     if C is not None and S is not None and tuple(x_T.shape[1:]) != (C, S, S):
         raise ValueError(f"x_T must have shape (B, in_channels, image_size, image_size) = (B, {C}, {S}, {S}) "
                          f"for this model, got {tuple(x_T.shape)}")
-    if cond is not None:
+    check_cond = getattr(model, "check_cond", None)
+    if cond is not None and check_cond is not None:  # a text model checks its own prompts
+        check_cond(cond, x_T.shape[0])
+    elif cond is not None:
         if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.shape != x_T.shape[:1]:
             raise ValueError(f"cond must be None or an int64 tensor of shape (B,) = ({x_T.shape[0]},), "
                              f"got {getattr(cond, 'shape', cond)!r}")

@@ -40,15 +40,19 @@ class UNetConfig:
     dropout: float = 0.1  # inside each residual block
     norm_groups: int = 8  # GroupNorm groups; channels must be divisible by it
     num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1
+    context_dim: int | None = None  # D of the text states for cross-attention (ch. 11); None: none
+    cross_attn_resolutions: tuple[int, ...] = ()  # image sizes whose blocks cross-attend to the text
 
     def __post_init__(self):  # JSON round trips give lists; keep the dataclass comparable
         self.channel_mults = tuple(self.channel_mults)
         self.attn_resolutions = tuple(self.attn_resolutions)
+        self.cross_attn_resolutions = tuple(self.cross_attn_resolutions)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
         d = asdict(self)
-        d["channel_mults"], d["attn_resolutions"] = list(self.channel_mults), list(self.attn_resolutions)
+        for k in ("channel_mults", "attn_resolutions", "cross_attn_resolutions"):
+            d[k] = list(getattr(self, k))
         return d
 
 
@@ -139,6 +143,50 @@ class SelfAttention(nn.Module):
         return x + out
 
 
+class CrossAttention(nn.Module):
+    """Cross-attention from the image to the text: (B, C, H, W), TextContext -> (B, C, H, W), residual.
+
+    Book ch. 11, sec. "Cross-attention", eq. (11.1). Queries come from the H*W image positions,
+    keys and values from the L text tokens (Rombach et al. 2022, sec. 3.3):
+    softmax(Q K^T / sqrt(head_dim), over the tokens that are not padding) V. The output
+    projection starts at zero, so a fresh block passes the image through unchanged. With
+    ``store_attention = True`` the weights of the last call, averaged over heads, are kept in
+    ``attention`` (B, H*W, L): which word each image position looked at.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int = 4, groups: int = 8):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels={channels} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, groups)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.store_attention = False
+        self.attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, context) -> torch.Tensor:
+        B, C, H, W = x.shape
+        states, mask = context  # (B, L, D), (B, L) bool
+        L, heads, head_dim = states.shape[1], self.num_heads, C // self.num_heads
+        tokens = self.norm(x).view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
+        q = self.q(tokens).view(B, H * W, heads, head_dim).transpose(1, 2)  # (B, heads, HW, hd)
+        k, v = self.kv(states).view(B, L, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, hd)
+        keep = mask[:, None, None, :]  # (B, 1, 1, L): attend to tokens, never to padding
+        if self.store_attention:
+            scores = (q @ k.transpose(-2, -1)) / head_dim ** 0.5  # (B, heads, HW, L)
+            weights = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+            self.attention = weights.mean(1).detach()  # (B, HW, L)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, HW, hd)
+        out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
+
+
 class Downsample(nn.Module):
     """Halve the resolution with a stride-2 3x3 conv: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)).
 
@@ -191,6 +239,8 @@ class UNet(nn.Module):
             layers = [ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, g)]
             if res in cfg.attn_resolutions:
                 layers.append(SelfAttention(out_ch, cfg.num_heads, g))
+            if cfg.context_dim is not None and res in cfg.cross_attn_resolutions:
+                layers.append(CrossAttention(out_ch, cfg.context_dim, cfg.num_heads, g))
             return nn.ModuleList(layers)
 
         # Down path: remember the channel count of every output that becomes a skip connection.
@@ -206,6 +256,8 @@ class UNet(nn.Module):
                 res //= 2
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g),
                                   SelfAttention(ch, cfg.num_heads, g),
+                                  *([CrossAttention(ch, cfg.context_dim, cfg.num_heads, g)]
+                                    if cfg.context_dim is not None else []),
                                   ResBlock(ch, ch, emb_dim, cfg.dropout, g)])
         # Up path: one more block per level than on the way down, each eating one skip.
         self.up = nn.ModuleList()
@@ -236,23 +288,35 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(cond)
         return emb
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """cond: labels (B,) for a class-conditional net, a ``TextContext`` (states (B, L, D),
+        mask (B, L)) for a text-conditional one (``context_dim`` set), None for no condition."""
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
+        context = None
+        if self.config.context_dim is not None:
+            if cond is None:
+                raise ValueError("this UNet cross-attends to text (context_dim is set): cond must be "
+                                 "a TextContext; for 'no prompt' encode the empty prompt")
+            context, cond = cond, None
         emb = self.embed(t, cond)  # (B, emb_dim)
+
+        def apply(layer, h):
+            if isinstance(layer, ResBlock):
+                return layer(h, emb)
+            return layer(h, context) if isinstance(layer, CrossAttention) else layer(h)
         h = self.conv_in(x_t)  # (B, base_channels, H, W)
         skips = [h]
         for layers in self.down:
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = apply(layer, h)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, h)
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # (B, ch + skip_ch, H, W)
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = apply(layer, h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, in_channels, H, W)
 
 

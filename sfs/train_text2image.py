@@ -1,0 +1,212 @@
+"""Training the tiny Stable Diffusion: ``python -m sfs train-text2image ...``.
+
+Book ch. 12, sec. "Training it". The text encoder and the U-Net are trained together from
+scratch (as Rombach et al. 2022 did for their text-to-image LDM) on the latents of captioned
+canvases, with the simple loss of book eq. (3.7) in latent space:
+
+    z0     = Autoencoder.encode(canvas)          (the posterior mean times the scale factor; cached)
+    ids    = Tokenizer.encode(caption), replaced by the empty prompt with probability prompt_dropout
+    z_t    = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) eps
+    loss   = || eps - model(z_t, t, ids) ||^2
+
+The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from sfs import loop
+from sfs.canvas import make_canvases
+from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
+from sfs.forward import q_sample
+from sfs.losses import simple_loss
+from sfs.schedules import cosine_schedule
+from sfs.text2image import TextToImage, TextToImageConfig, generate
+
+SAMPLE_PROMPTS = ["a red 3 left of a blue 7", "a blue 3 left of a red 7", "two green sneakers",
+                  "a small yellow 5 at the top", "a white dress above an orange 1",
+                  "a large magenta bag on the right", "a cyan 8 below a green 2", "two red boots"]
+
+
+@dataclass
+class TextToImageTrainConfig:
+    """Everything a text-to-image run depends on; the loop fields mean what they do in TrainConfig."""
+
+    model: TextToImageConfig = field(default_factory=TextToImageConfig)
+    autoencoder: str = "canvas-autoencoder"  # the shipped autoencoder whose latent space we use
+    data_dir: str | None = None
+    n_canvases: int = 60000  # training canvases (combos "seen")
+    canvas_seed: int = 0
+    prompt_dropout: float = 0.1  # probability of training on the empty prompt (for CFG)
+    T: int = 1000  # cosine schedule
+    steps: int = 20000
+    minutes: float | None = None
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    compile: bool = False
+    out: str = "runs/text2image"
+    ckpt_every: int = 500
+    sample_every: int = 2000
+    log_every: int = 50
+    guidance_scale: float = 3.0  # of the sample grids
+    export: str | None = None
+    models_dir: str | None = None
+    command: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able dict."""
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+@torch.no_grad()
+def encode_canvases(autoencoder: nn.Module, images_u8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Scaled posterior means of uint8 canvases (N, 3, H, W): (N, 4, h, w) float32."""
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        out.append(autoencoder.encode(images_u8[i:i + batch_size].float() / 127.5 - 1.0))
+    return torch.cat(out)
+
+
+def cached_latents(cfg: TextToImageTrainConfig, autoencoder: nn.Module, ae_card: dict,
+                   canvases) -> torch.Tensor:
+    """The training latents, from ``out/latents-<sha>.safetensors`` when an earlier start made them."""
+    from safetensors.torch import load_file, save_file
+    key = f"{ae_card['file_sha256'][:12]}-{cfg.n_canvases}-{cfg.canvas_seed}"
+    path = Path(cfg.out) / f"latents-{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["z0"]
+    z0 = encode_canvases(autoencoder, canvases.images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from sfs.checkpoints import atomic_write
+    atomic_write(path, lambda tmp: save_file({"z0": z0.contiguous()}, tmp))
+    return z0
+
+
+def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool = True) -> TextToImage:
+    """Train (or resume) the text-to-image model; return the EMA model (eval mode).
+    ``canvases`` overrides the generated training set (tests). Book ch. 12, sec. "Training it"."""
+    if not (isinstance(cfg.prompt_dropout, (int, float)) and 0 <= cfg.prompt_dropout <= 1):
+        raise ValueError(f"prompt_dropout must be in [0, 1], got {cfg.prompt_dropout!r}")
+    device = loop.resolve_device(cfg.device)
+    ae, ae_card = load_model(cfg.autoencoder, kind="autoencoder")  # a name in models/ or a path
+    if canvases is None:
+        canvases = make_canvases(cfg.n_canvases, "train", cfg.canvas_seed, "seen",
+                                 ae.config.image_size, cfg.data_dir)
+    z0_all = cached_latents(cfg, ae, ae_card, canvases).to(device)  # (N, 4, h, w)
+    torch.manual_seed(cfg.seed)
+    model = TextToImage(cfg.model).to(device)
+    ids_all = model.tokenizer.encode(canvases.captions).to(device)  # (N, L)
+    null = model.null_cond(1, device)  # (1, L)
+    schedule = cosine_schedule(cfg.T).to(device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    run_dir = Path(cfg.out)
+
+    def loss_fn(forward, idx, generator):
+        idx = idx.to(device)
+        z0, ids = z0_all[idx], ids_all[idx]
+        B = z0.shape[0]
+        t = torch.randint(0, schedule.T, (B,), generator=generator, device=device)
+        eps = torch.randn(z0.shape, generator=generator, device=device)
+        drop = torch.rand(B, generator=generator, device=device) < cfg.prompt_dropout
+        ids = torch.where(drop[:, None], null, ids)
+        out = forward(q_sample(schedule, z0, t, eps), t, ids)
+        return simple_loss(out.float(), z0, eps, t, schedule), None
+
+    def on_sample(step, ema):
+        from sfs.train import save_grid
+        imgs = generate(SAMPLE_PROMPTS, ema, ae.to(device), cfg.guidance_scale, 20, cfg.seed, 4)
+        save_grid(imgs, run_dir / "samples" / f"step-{step:07d}.png", nrow=8)
+
+    ema, step, wall_time = loop.run(cfg, model, loss_fn, len(z0_all), device, generator,
+                                    desc="train text2image", progress=progress, on_sample=on_sample)
+    ema = ema.cpu().float()
+    if cfg.export:
+        export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device)
+    return ema
+
+
+def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int, run_dir: Path,
+           step: int, wall_time: float, device: torch.device) -> Path:
+    """Write ``models/<cfg.export>.safetensors`` (fp16) with its JSON and Markdown model cards."""
+    if "/" in cfg.export or "\\" in cfg.export or cfg.export in ("", ".", ".."):
+        raise ValueError(f"export must be a plain file name, got {cfg.export!r}")
+    path = resolve_models_dir(cfg.models_dir) / f"{cfg.export}.safetensors"
+    rows = loop.read_log(run_dir / "loss.jsonl")
+    losses = [r["loss"] for r in rows]
+    card = {
+        "description": "A text-to-image latent diffusion model for captioned canvases: a text "
+                       "encoder and a cross-attention U-Net trained together from scratch with sfs "
+                       "(book ch. 12).",
+        "architecture": "sfs.text2image.TextToImage", "params": sum(p.numel() for p in ema.parameters()),
+        "autoencoder": cfg.autoencoder, "autoencoder_sha256": ae_card["file_sha256"],
+        "target": "eps", "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
+        "data": "canvases (sfs.canvas.make_canvases, train split, combos 'seen')",
+        "n_canvases": n_canvases, "canvas_seed": cfg.canvas_seed, "steps": step,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
+        "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
+        "wall_time_s": round(wall_time, 1), "machine": loop.machine_name(device),
+        "torch": torch.__version__, "command": cfg.command or "train_text2image(...)",
+        "git_commit": loop.git_commit(),
+        "sampler": f"DPM-Solver++(2M), 20 steps, CFG scale {cfg.guidance_scale}",
+        "sample_prompts": SAMPLE_PROMPTS,
+    }
+    card = save_checkpoint(path, ema, ema.config, card)
+    imgs = generate(SAMPLE_PROMPTS, ema, ae, cfg.guidance_scale, 20, cfg.seed, 4)
+    table = [("architecture", f"sfs.text2image.TextToImage, {card['params']:,} parameters"),
+             ("latent space", f"{cfg.autoencoder} (sha256 {ae_card['file_sha256'][:12]}...)"),
+             ("data", f"{n_canvases} training canvases, seed {cfg.canvas_seed}"),
+             ("training", f"{step} steps, batch {cfg.batch_size}, lr {cfg.lr}, EMA {cfg.ema_decay}, "
+                          f"prompt dropout {cfg.prompt_dropout}"),
+             ("final loss (mean of last 100 steps)", card["final_loss"]),
+             ("wall time", f"{wall_time:.0f} s on {card['machine']}"),
+             ("code version", card["git_commit"]),
+             ("weights", f"{card['file']} ({card['dtype']}), sha256 {card['file_sha256']}")]
+    prompts = "; ".join(f"row {i + 1}: {p}" for i, p in enumerate(SAMPLE_PROMPTS))
+    write_model_card_md(path.with_suffix(".md"), card, imgs, losses, nrow=4, rows=table,
+                        samples_title=f"Samples, 4 per prompt ({card['sampler']}). {prompts}")
+    return path
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m sfs train-text2image``."""
+    d = TextToImageTrainConfig()
+    p.add_argument("--autoencoder", default=d.autoencoder)
+    p.add_argument("--data-dir", default=d.data_dir)
+    for name in ("n_canvases", "canvas_seed", "steps", "batch_size", "warmup_steps", "seed",
+                 "ckpt_every", "sample_every", "log_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("prompt_dropout", "lr", "weight_decay", "grad_clip", "ema_decay", "guidance_scale"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--base-channels", type=int, default=d.model.unet.base_channels)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--export", default=None, metavar="NAME")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> TextToImageTrainConfig:
+    """The TextToImageTrainConfig that parsed ``train-text2image`` arguments describe."""
+    model = TextToImageConfig()
+    model.unet.base_channels = args.base_channels
+    names = set(TextToImageTrainConfig.__dataclass_fields__) - {"model", "command", "bf16", "compile", "T"}
+    return TextToImageTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
+                                  **{k: getattr(args, k) for k in names})

@@ -1,0 +1,205 @@
+"""Text in, cross-attention, CFG on prompts, the text-to-image model, its training and the CLI."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sfs.autoencoder import Autoencoder, AutoencoderConfig
+from sfs.canvas import make_canvases
+from sfs.checkpoints import load_model, save_checkpoint
+from sfs.guidance import CFGModel
+from sfs.samplers import ddim_sample, dpm_solver_2m_sample
+from sfs.schedules import cosine_schedule
+from sfs.text import BOS, EOS, PAD, TextContext, TextEncoder, TextEncoderConfig, Tokenizer
+from sfs.text2image import TextToImage, TextToImageConfig, generate
+from sfs.train_text2image import TextToImageTrainConfig, train_text2image
+from sfs.unet import CrossAttention, UNetConfig
+
+
+def tiny_config() -> TextToImageConfig:
+    return TextToImageConfig(
+        unet=UNetConfig(in_channels=4, image_size=12, base_channels=8, channel_mults=(1, 2),
+                        num_res_blocks=1, attn_resolutions=(6,), cross_attn_resolutions=(12, 6),
+                        context_dim=16, num_heads=2, dropout=0.0),
+        text=TextEncoderConfig(dim=16, num_layers=1, num_heads=2))
+
+
+def perturbed(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+# ---- tokenizer -------------------------------------------------------------------------------
+
+def test_tokenizer_round_trip_and_layout():
+    tok = Tokenizer()
+    ids = tok.encode(["a red 3 left of a blue 7", ""])
+    assert ids.shape == (2, 20) and ids.dtype == torch.long
+    assert ids[0, 0] == BOS and ids[0, 9] == EOS and (ids[0, 10:] == PAD).all()
+    assert ids[1, :2].tolist() == [BOS, EOS] and (ids[1, 2:] == PAD).all()
+    assert tok.decode(ids) == ["a red 3 left of a blue 7", ""]
+    assert tok.decode(tok.encode("A Red 3, please?".replace("please", "")))[0] == "a red 3"
+
+
+def test_every_generated_caption_tokenizes():
+    tok = Tokenizer()
+    caps = make_canvases(2000, seed=9).captions
+    assert tok.decode(tok.encode(caps)) == [" ".join(c.split()) for c in caps]
+
+
+def test_unknown_words_are_named_or_mapped_to_unk():
+    with pytest.raises(ValueError, match=r"\['purple', 'giraffe'\]"):
+        Tokenizer().encode("a purple giraffe")
+    ids = Tokenizer(unknown="unk").encode("a purple 3")
+    assert ids[0, 2] == 3  # <unk>
+
+
+@pytest.mark.parametrize("bad, err", [(3, TypeError), ([1, 2], TypeError), (None, TypeError),
+                                      ("a " * 30, ValueError)])
+def test_bad_prompts_are_refused(bad, err):
+    with pytest.raises(err):
+        Tokenizer().encode(bad)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"max_length": 2}, "max_length"), ({"unknown": "skip"}, "unknown"),
+                                          ({"vocab": ("a", "b")}, "vocab")])
+def test_bad_tokenizer_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Tokenizer(**kwargs)
+
+
+# ---- encoder and cross-attention --------------------------------------------------------------
+
+def test_encoder_states_and_mask():
+    enc = perturbed(TextEncoder(TextEncoderConfig(vocab_size=79, dim=16, num_layers=1, num_heads=2)))
+    ids = Tokenizer().encode(["a red 3", "two green sneakers"])
+    ctx = enc(ids)
+    assert ctx.states.shape == (2, 20, 16) and ctx.mask.tolist()[0][:6] == [True] * 5 + [False]
+    # padding never leaks into the tokens' states: batch with a longer prompt, same result
+    alone = enc(ids[:1]).states[0, :5]
+    assert torch.allclose(ctx.states[0, :5], alone, atol=1e-6)
+    with pytest.raises(TypeError):
+        enc(ids.float())
+    with pytest.raises(ValueError, match="shape"):
+        enc(ids[:, :10])
+    with pytest.raises(ValueError, match="vocab_size"):
+        enc(torch.full((1, 20), 500))
+
+
+def test_cross_attention_ignores_padding_and_exposes_its_maps():
+    torch.manual_seed(0)
+    ca = perturbed(CrossAttention(8, 16, num_heads=2))
+    x = torch.randn(2, 8, 4, 4)
+    states, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = ca(x, TextContext(states, mask))
+    junk = states.clone()
+    junk[~mask] = 100.0  # whatever the padded positions hold
+    assert torch.allclose(ca(x, TextContext(junk, mask)), out, atol=1e-6)
+    ca.store_attention = True
+    out2 = ca(x, TextContext(states, mask))
+    assert torch.allclose(out2, out, atol=1e-5)  # the explicit path equals SDPA's
+    w = ca.attention
+    assert w.shape == (2, 16, 5)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 16), atol=1e-6) and (w[~mask[:, None, :].expand_as(w)] == 0).all()
+
+
+def test_a_fresh_cross_attention_is_the_identity():
+    ca = CrossAttention(8, 16, num_heads=2)
+    x = torch.randn(1, 8, 4, 4)
+    assert torch.equal(ca(x, TextContext(torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool))), x)
+
+
+# ---- the model, guidance and samplers ---------------------------------------------------------
+
+def test_the_prompt_changes_the_prediction_and_none_means_the_empty_prompt():
+    model = perturbed(TextToImage(tiny_config()))
+    z, t = torch.randn(2, 4, 12, 12), torch.tensor([10, 900])
+    ids = model.tokenizer.encode(["a red 3", "a blue 7"])
+    a, b = model(z, t, ids), model(z, t, ids.flip(0))
+    assert not torch.allclose(a, b.flip(0) * 0 + b)  # different prompts, different eps_hat
+    assert torch.allclose(model(z, t, None), model(z, t, model.null_cond(2)))
+
+
+def test_cfg_on_prompts_is_the_plain_formula_on_one_doubled_batch():
+    model = perturbed(TextToImage(tiny_config()))
+    z, t = torch.randn(3, 4, 12, 12), torch.tensor([5, 50, 500])
+    ids = model.tokenizer.encode(["a red 3", "two bags", "a white 1 above a red 2"])
+    w = 4.0
+    ref = model(z, t, model.null_cond(3)) + w * (model(z, t, ids) - model(z, t, model.null_cond(3)))
+    assert torch.allclose(CFGModel(model, w)(z, t, ids), ref, atol=1e-5)
+
+
+def test_samplers_run_the_text_model_and_check_its_prompts():
+    model = perturbed(TextToImage(tiny_config()))
+    ids = model.tokenizer.encode(["a red 3", "two bags"])
+    z_T = torch.randn(2, 4, 12, 12)
+    for out in (ddim_sample(CFGModel(model, 2.0), z_T, cosine_schedule(50), steps=4, cond=ids),
+                dpm_solver_2m_sample(CFGModel(model, 2.0), z_T, cosine_schedule(50), steps=4, cond=ids)):
+        assert out.shape == z_T.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="shape"):
+        ddim_sample(model, z_T, cosine_schedule(50), steps=4, cond=ids[:1])
+    with pytest.raises(TypeError):
+        ddim_sample(model, z_T, cosine_schedule(50), steps=4, cond=torch.zeros(2))
+
+
+def test_config_mismatch_between_text_and_unet_is_refused():
+    c = tiny_config()
+    with pytest.raises(ValueError, match="context_dim"):
+        TextToImageConfig(unet=c.unet, text=TextEncoderConfig(dim=32, num_heads=2))
+
+
+# ---- training, checkpoint, pipeline, CLI ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(base_channels=8, channel_mults=(1, 2, 2)))
+    save_checkpoint(root / "models" / "ae.safetensors", ae, None, {})
+    canvases = make_canvases(64, seed=0)
+    common = dict(model=tiny_config(), autoencoder=str(root / "models" / "ae.safetensors"), steps=6,
+                  batch_size=8, ckpt_every=3, sample_every=0, log_every=1, device="cpu",
+                  models_dir=str(root / "models"))
+    straight = train_text2image(TextToImageTrainConfig(out=str(root / "a"), **common), canvases, False)
+    train_text2image(TextToImageTrainConfig(out=str(root / "b"), **{**common, "steps": 3}), canvases, False)
+    resumed = train_text2image(TextToImageTrainConfig(out=str(root / "b"), export="tiny-sd", **common),
+                               canvases, False)
+    return root, straight, resumed
+
+
+def test_training_resumes_bit_exactly_and_exports(trained):
+    root, straight, resumed = trained
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    model, card = load_model(root / "models" / "tiny-sd.safetensors", kind="text2image")
+    assert isinstance(model, TextToImage) and card["steps"] == 6 and card["autoencoder"].endswith("ae.safetensors")
+    assert model.tokenizer.vocab == resumed.tokenizer.vocab
+    assert list((root / "b").glob("latents-*.safetensors"))  # the cached latents
+
+
+def test_generate_draws_rgb_canvases(trained):
+    root, _, resumed = trained
+    ae, _ = load_model(root / "models" / "ae.safetensors", kind="autoencoder")
+    imgs = generate(["a red 3", "two bags"], resumed, ae, steps=3, n_per_prompt=2)
+    assert imgs.shape == (4, 3, 48, 48) and imgs.abs().max() <= 1
+    with pytest.raises(ValueError, match="n_per_prompt"):
+        generate("a red 3", resumed, ae, n_per_prompt=0)
+
+
+def test_cli_generate_writes_a_png_and_refuses_bad_prompts(trained, tmp_path):
+    root, _, _ = trained
+    model = str(root / "models" / "tiny-sd.safetensors")
+    base = [sys.executable, "-m", "sfs", "generate"]
+    ok = subprocess.run(base + ["a red 3 left of a blue 7", "--out", str(tmp_path / "x.png"), "--n", "2",
+                                "--steps", "2", "--model", model], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for prompt, words in [("", "empty"), ("a purple giraffe", "purple"), ("a " * 30, "words")]:
+        bad = subprocess.run(base + [prompt, "--model", model, "--out", str(tmp_path / "y.png")],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
