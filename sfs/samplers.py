@@ -76,11 +76,12 @@ def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
 def _check_eps_timesteps(schedule: Schedule, ts: list[int]) -> None:
     """Raise ValueError if a timestep in ``ts`` has alpha_bar_t = 0, where eps-prediction fails.
 
-    Every sampler here takes an eps-prediction model and converts with book eq. (4.1),
+    Every sampler here takes an eps-prediction model and converts with Book eq. (4.1),
     x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t). On a zero-terminal-SNR
-    schedule (book eq. (2.4)) alpha_bar_{T-1} = 0: x_t is pure noise, eps_hat = x_t carries no
-    information about x0, and the division is 0 / 0, so the sample would come back NaN. There the
-    model must predict v (Lin et al. 2024, sec. 3.2). Called by each sampler before its loop.
+    schedule (Book eq. (2.4)) alpha_bar_{T-1} = 0: x_t is pure noise, so the best eps_hat is x_t
+    itself and says nothing about x0; x0_hat is 0 / 0 for a perfect model and infinite otherwise,
+    and the sample would come back NaN. There the model must predict v (Lin et al. 2024, sec. 3.2).
+    Called by each sampler before its loop, ts: the code timesteps it will visit.
     """
     ab = schedule.alpha_bar.detach().cpu()[torch.as_tensor(ts, dtype=torch.long)]  # (len(ts),)
     zero = [ts[i] for i in (ab == 0).nonzero().flatten().tolist()]

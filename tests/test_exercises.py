@@ -323,7 +323,7 @@ import time
 
 import numpy as np
 
-from sfs.exercises.core import TIME_LIMIT, Case
+from sfs.exercises.core import TIME_LIMIT
 
 
 def bc(a, x):
@@ -584,6 +584,8 @@ def test_a_known_mistake_is_named_even_where_it_coincides_with_the_answer():
     rejected(training.lr_at, lambda s, lr, w: lr * (s + 1) / w, "never stops")
     # swapped decay equals the answer at decay 0.5
     rejected(training.ema_update, lambda e, p, d: torch.lerp(p, e, 1 - d), "swapped")
+    # returning ema unchanged is the "averaged with itself" mistake on every case (right at decay 1)
+    rejected(training.ema_update, lambda e, p, d: e.clone(), "ema unchanged")
 
 
 # -- 5. every exercise's cases go beyond the defaults and include boundaries ------------------------

@@ -8,8 +8,8 @@ it never raises, whatever the reader's code does. ``grade`` returns the same ver
 ``Result`` (the tests assert on its message).
 
 Every call of the reader's function gets its own deep copy of every argument (the schedule
-included) and runs under a time limit, so an in-place edit can neither pass nor corrupt the
-reference, and an endless loop ends with a hint instead of a hung cell.
+included) and runs under a time limit (``sfs.exercises.running``), so an in-place edit can neither
+pass nor corrupt the reference, and an endless loop ends with a hint instead of a hung cell.
 
 The diagnosis, first match wins. Steps 1-3 stop at the first case that shows the problem:
 1. the function raised (its exception, plus the broadcasting hint for PyTorch's shape mismatch),
@@ -34,16 +34,14 @@ case singles it out:
 from __future__ import annotations
 
 import copy
-import ctypes
-import dataclasses
 import inspect
-import signal
 import textwrap
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+
+from sfs.exercises.running import TimeLimitExceeded, call_with_time_limit, describe, input_change
 
 TIME_LIMIT = 5.0  # seconds per call of the reader's function; each exercise's takes milliseconds
 
@@ -81,71 +79,7 @@ class Mistake:
     hint: str
 
 
-class TimeLimitExceeded(BaseException):
-    """Raised inside the reader's function when it runs past the time limit. A BaseException, so
-    that an ``except Exception`` in the reader's code does not swallow it."""
-
-
-def call_with_time_limit(fn: Callable, args: tuple, seconds: float | None) -> Any:
-    """fn(*args), or TimeLimitExceeded after ``seconds``.
-
-    In the main thread (a Jupyter kernel runs cells there, and so does pytest) a SIGALRM timer
-    raises inside fn; it re-fires every 0.5 s in case fn catches it. Elsewhere, or when a timer is
-    already pending, fn runs in a daemon thread and is stopped with an asynchronous exception
-    (both interrupt Python code, not a single long C call, which finishes first).
-    """
-    if seconds is None:
-        return fn(*args)
-    if (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-            and signal.getitimer(signal.ITIMER_REAL)[0] == 0):
-        armed = [True]
-
-        def on_alarm(signum, frame):
-            if armed[0]:
-                raise TimeLimitExceeded()
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        try:
-            signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
-            try:
-                return fn(*args)
-            finally:
-                armed[0] = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:
-            signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
-    box: dict[str, Any] = {}
-
-    def run():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller below
-            box["error"] = e
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
-                                                   ctypes.py_object(TimeLimitExceeded))
-        worker.join(1.0)
-        raise TimeLimitExceeded()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 # -- comparing tensors --------------------------------------------------------------------------
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equal values (NaN equal to NaN), same shape and dtype."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point() or a.is_complex():
-        return bool(torch.equal(torch.isnan(a), torch.isnan(b))
-                    and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)))
-    return bool(torch.equal(a, b))
-
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
     """|a - b| <= atol + rtol |b| everywhere b is finite; where b is inf or NaN, a must equal it."""
@@ -195,66 +129,6 @@ def _is_broadcast_error(e: BaseException) -> bool:
 BROADCAST_HINT = ("Indexing a (T,) schedule tensor with t of shape (B,) gives shape (B,), which does "
                   "not broadcast against data of shape (B, C, H, W) or (B, 2). Reshape the "
                   "coefficient to (B, 1, ..., 1) first, e.g. `a.view(-1, *[1] * (x.ndim - 1))`.")
-
-
-# -- what the reader's function returned, in words ---------------------------------------------
-
-def _describe(x: Any) -> str:
-    """"a numpy ndarray of shape (4, 2)", "a list of length 3", "a Python float", "str", ..."""
-    if isinstance(x, torch.Tensor):
-        return f"a torch.Tensor of shape {tuple(x.shape)} ({x.dtype})"
-    mod = type(x).__module__.split(".")[0]
-    if mod == "numpy":
-        shape = getattr(x, "shape", None)
-        if shape:
-            return f"a numpy {type(x).__name__} of shape {tuple(shape)}"
-        return f"a numpy {type(x).__name__} (a scalar)"
-    if isinstance(x, (list, tuple)):
-        return f"a {type(x).__name__} of length {len(x)}"
-    if isinstance(x, str):
-        return f"a str ({x[:20]!r})"
-    if isinstance(x, bool):
-        return "a bool"
-    if isinstance(x, (int, float, complex)):
-        return f"a Python {type(x).__name__}"
-    return f"an object of type {type(x).__name__}"
-
-
-def _input_change(before: Any, after: Any, name: str) -> str | None:
-    """The name of the first part of an argument that differs after the call
-    ("schedule.alpha_bar", "x0", "args[2]"), or None when nothing changed."""
-    if isinstance(before, torch.Tensor):
-        return None if isinstance(after, torch.Tensor) and _equal(before, after) else name
-    if isinstance(before, (list, tuple)):
-        if type(after) is not type(before) or len(after) != len(before):
-            return name
-        for i, (b, a) in enumerate(zip(before, after)):
-            where = _input_change(b, a, f"{name}[{i}]")
-            if where:
-                return where
-        return None
-    if isinstance(before, dict):
-        if not isinstance(after, dict) or before.keys() != after.keys():
-            return name
-        for k in before:
-            where = _input_change(before[k], after[k], f"{name}[{k!r}]")
-            if where:
-                return where
-        return None
-    if dataclasses.is_dataclass(before) or (hasattr(before, "__dict__") and not callable(before)
-                                             and not isinstance(before, type)):
-        vb, va = vars(before), getattr(after, "__dict__", None)
-        if va is None or vb.keys() != va.keys():
-            return name
-        for k in vb:
-            where = _input_change(vb[k], va[k], f"{name}.{k}")
-            if where:
-                return where
-        return None
-    try:
-        return None if bool(before == after) else name
-    except Exception:
-        return None
 
 
 class Exercise:
@@ -358,7 +232,7 @@ class Exercise:
             n = len(expected)
             names = f" ({', '.join(self.output_names)})" if self.output_names else ""
             if not isinstance(out, (tuple, list)):
-                return None, f"expected a tuple of {n} tensors{names}, got {_describe(out)}"
+                return None, f"expected a tuple of {n} tensors{names}, got {describe(out)}"
             if len(out) != n:
                 return None, f"expected {n} outputs{names}, got {len(out)}"
             items = []
@@ -383,7 +257,7 @@ class Exercise:
                 how = " Convert it with torch.as_tensor(...)."
             else:
                 how = ""
-            return None, f"expected {want}, got {_describe(out)}.{how}"
+            return None, f"expected {want}, got {describe(out)}.{how}"
         if out.is_complex():
             return None, f"expected real values, got a complex tensor ({out.dtype})"
         return out.detach().cpu(), None
@@ -391,7 +265,7 @@ class Exercise:
     @staticmethod
     def _as_number(out: Any) -> tuple[torch.Tensor | None, str | None]:
         if isinstance(out, bool) or isinstance(out, (str, bytes, complex)):
-            return None, f"expected a single number, got {_describe(out)}"
+            return None, f"expected a single number, got {describe(out)}"
         if isinstance(out, torch.Tensor):
             if out.numel() != 1:
                 return None, f"expected a single number, got a tensor of shape {tuple(out.shape)}"
@@ -403,15 +277,15 @@ class Exercise:
         if type(out).__module__.split(".")[0] == "numpy":
             size = getattr(out, "size", 1)
             if size != 1:
-                return None, f"expected a single number, got {_describe(out)}"
+                return None, f"expected a single number, got {describe(out)}"
             try:
                 t = torch.as_tensor(out.reshape(()) if hasattr(out, "reshape") else out)
             except Exception:
-                return None, f"expected a single number, got {_describe(out)}"
+                return None, f"expected a single number, got {describe(out)}"
             if t.is_complex() or t.dtype == torch.bool:
-                return None, f"expected a real number, got {_describe(out)} of dtype {getattr(out, 'dtype', '?')}"
+                return None, f"expected a real number, got {describe(out)} of dtype {getattr(out, 'dtype', '?')}"
             return t.reshape(()), None
-        return None, f"expected a single number, got {_describe(out)}"
+        return None, f"expected a single number, got {describe(out)}"
 
     def _matches(self, out: Any, expected: Any) -> bool:
         if isinstance(expected, tuple):
@@ -444,7 +318,7 @@ class Exercise:
             return None, msg
         for i, (before, after) in enumerate(zip(case.args, args)):
             name = self._arg_name(i)
-            where = _input_change(before, after, name)
+            where = input_change(before, after, name)
             if where and i not in self.may_modify:
                 detail = f" (`{where}` changed)" if where != name else ""
                 return None, (f"your function modified its input `{name}` in place{detail}. Compute "
@@ -458,7 +332,7 @@ class Exercise:
     def _grade(self, fn: Callable) -> Result:
         if not callable(fn):
             return self._fail(f"pass your function itself (e.g. `check.{self.name}(my_fn)`), "
-                              f"not {_describe(fn)}.")
+                              f"not {describe(fn)}.")
         cases = self.cases(torch.Generator().manual_seed(0))
         outs, exps = [], []
         for case in cases:

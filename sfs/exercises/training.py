@@ -53,7 +53,8 @@ ema_update = Exercise(
                 "the new weights enter with weight (1 - decay), not 1: otherwise the average grows "
                 "without bound."),
         Mistake(lambda e, p, d: d * e + (1 - d) * e,
-                "you averaged the EMA with itself; the second term is (1 - decay) * param."),
+                "your output is ema unchanged (as if averaged with itself); the second term is "
+                "(1 - decay) * param."),
         Mistake(lambda e, p, d: (e + p) / 2, "a plain mean of the two ignores the decay; use "
                 "decay * ema + (1 - decay) * param."),
     ],
