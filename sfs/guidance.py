@@ -11,8 +11,12 @@ Guidance scale convention, stated once for the whole library. Classifier-free gu
     eps = eps_uncond + w (eps_cond - eps_uncond),
 
 so **w = 1 is the plain conditional model and w = 0 the unconditional one**; w > 1 extrapolates past
-the conditional model. This w is diffusers' ``guidance_scale``. Ho & Salimans 2021 (eq. 6) write
-(1 + w') eps_cond - w' eps_uncond instead: their w' is our w - 1 (their w' = 0 is our w = 1).
+the conditional model. For w >= 1 this w is diffusers' ``guidance_scale``; below 1 they part:
+diffusers pipelines skip guidance when ``guidance_scale <= 1`` (``do_classifier_free_guidance`` is
+``guidance_scale > 1``) and return the conditional prediction, while sfs applies the formula at every
+w, so 0 < w < 1 interpolates towards the unconditional model and w = 0 is unconditional.
+Ho & Salimans 2021 (eq. 6) write (1 + w') eps_cond - w' eps_uncond instead: their w' is our w - 1
+(their w' = 0 is our w = 1).
 """
 
 from __future__ import annotations

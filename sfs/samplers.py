@@ -76,10 +76,35 @@ def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
+def _check_eps_timesteps(schedule: Schedule, ts: list[int]) -> None:
+    """Raise ValueError if a timestep in ``ts`` has alpha_bar_t = 0, where eps-prediction fails.
+
+    Every sampler here takes an eps-prediction model and converts with Book eq. (4.1),
+    x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t). On a zero-terminal-SNR
+    schedule (Book eq. (2.4)) alpha_bar_{T-1} = 0: x_t is pure noise, so the best eps_hat is x_t
+    itself and says nothing about x0; x0_hat is 0 / 0 for a perfect model and infinite otherwise,
+    and the sample would come back NaN. There the model must predict v (Lin et al. 2024, sec. 3.2).
+    Called by each sampler before its loop, ts: the code timesteps it will visit.
+    """
+    ab = schedule.alpha_bar.detach().cpu()[torch.as_tensor(ts, dtype=torch.long)]  # (len(ts),)
+    zero = [ts[i] for i in (ab == 0).nonzero().flatten().tolist()]
+    if zero:
+        raise ValueError(
+            f"alpha_bar[{zero[0]}] = 0 (a zero-terminal-SNR schedule), and this sampler visits code "
+            f"timestep t = {zero[0]}: an eps-prediction model gives no x0_hat there (x0_hat = "
+            "(x_t - eps_hat) / 0, the sample would be NaN). Lin et al. 2024 make the model predict v "
+            "at that step; the sfs samplers take eps-prediction models, so use a spacing that starts "
+            "below t = T - 1 ('uniform' or 'logsnr' with ddim_sample / dpm_solver_2m_sample) or a "
+            "schedule whose alpha_bar stays > 0")
+
+
 def _denoise(model: nn.Module, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
              cond: torch.Tensor | None, clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One model call -> (eps_hat, x0_hat), both (B, ...). With clip_x0, x0_hat is clipped to
-    [-1, 1] and eps_hat recomputed from it, so the two stay consistent. Book eq. (4.1)."""
+    [-1, 1] and eps_hat recomputed from it, so the two stay consistent. Book eq. (4.1).
+
+    The model predicts eps (the one model contract), so x0_hat needs alpha_bar_t > 0: the samplers
+    check their timesteps with ``_check_eps_timesteps`` first."""
     eps_hat = model(x_t, t, cond)
     x0_hat = x0_from_eps(schedule, x_t, t, eps_hat)
     if clip_x0:
@@ -106,6 +131,7 @@ def ddpm_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, varianc
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     check_x_T(model, x_T, cond)
+    _check_eps_timesteps(schedule, list(range(schedule.T)))  # DDPM visits every t
     var = schedule.betas if variance == "beta" else schedule.posterior_variance  # (T,)
     x_t = x_T
     for i, t in enumerate(range(schedule.T - 1, -1, -1)):
@@ -129,7 +155,11 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor
     """The ``steps`` code timesteps a short sampler visits, noisiest first: int64 (steps,).
 
     - ``"uniform"``: 0, c, 2c, ..., (steps - 1) c with c = T // steps ("leading"; Song et al. 2021,
-      sec. 5 "linear" and the original DDIM code). It never visits t = T - 1, the pure-noise end.
+      sec. 5 "linear"), always exactly ``steps`` values. It never visits t = T - 1, the pure-noise
+      end. The original DDIM code's ``range(0, T, T // steps)`` is the same grid only when ``steps``
+      divides T; otherwise it has more than ``steps`` values (T = 1000, steps = 30: c = 33 and 31
+      values, up to 990), of which this is the first ``steps``. diffusers' "leading" spacing (with
+      ``steps_offset = 0``) is this grid for every ``steps``.
     - ``"trailing"``: round(T - k T / steps) - 1 for k = 0..steps-1, so the first step is t = T - 1
       (Lin et al. 2024, sec. 3.4, Table 2).
     - ``"quadratic"``: floor((k / (steps - 1))^2 * 0.8 T), Song et al. 2021, app. D.2 (their CIFAR10
@@ -229,6 +259,7 @@ def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: 
         raise ValueError(f"eta must be a finite number >= 0 (0: deterministic, 1: DDPM-like), got {eta!r}")
     check_x_T(model, x_T, cond)
     ts = timesteps(schedule, steps, spacing).tolist()
+    _check_eps_timesteps(schedule, ts)
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     x_t = x_T
     for i, t in enumerate(ts):
@@ -265,16 +296,20 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
     the data prediction extrapolated linearly in lambda from the previous step (second order).
     Timesteps: ``timesteps(schedule, steps, spacing)``. The default "logsnr" spaces them evenly in
     lambda, the variable the solver steps in, from log SNR = -10 (code t = 994 for the cosine
-    schedule, T = 1000) down to t = 0; the last step (to alpha_bar = 1, where D = x0_hat: Lu et al.
-    2022's "lower order final") returns the x0_hat taken at the smallest noise level. Starting at
-    t = T - 1 instead (e.g. ``spacing="time_quadratic"``) divides by sqrt(alpha_bar_{T-1}) = 4.9e-5
-    in the first x0_hat and the extrapolation carries that error on: the shipped MNIST model then
-    diverges unless ``clip_x0=True`` (Lu et al. 2022, sec. 5, "thresholding"), which keeps it bounded
-    but costs quality (benchmarks/results/sampling.md). ``generator`` is unused (an ODE).
+    schedule, T = 1000) down to t = 0; there the last model evaluation returns its x0_hat, a final
+    first-order step to alpha_bar = 1 (sigma = 0, where x_next = D = x0_hat): the official DPM-Solver
+    code's ``denoise_to_zero``. (Its ``lower_order_final``, first-order solver steps at the end of
+    short runs, is a different option, not used here: every step from the second one down to t = 0
+    is second order.) Starting at t = T - 1 instead (e.g. ``spacing="time_quadratic"``) divides by
+    sqrt(alpha_bar_{T-1}) = 4.9e-5 in the first x0_hat and the extrapolation carries that error on:
+    the shipped MNIST model then diverges unless ``clip_x0=True`` (Lu et al. 2022, sec. 5,
+    "thresholding"), which keeps it bounded but costs quality (benchmarks/results/sampling.md).
+    ``generator`` is unused (an ODE).
     x_T: (B, ...); returns x0 (B, ...).
     """
     check_x_T(model, x_T, cond)
     ts = timesteps(schedule, steps, spacing).tolist()
+    _check_eps_timesteps(schedule, ts)
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
     lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
     x_t, x0_prev, h_prev = x_T, None, None

@@ -59,6 +59,19 @@ def test_w1_is_conditional_w0_is_unconditional_and_linear_in_w():
     assert close(e[7.5], uncond + 7.5 * (cond - uncond))
 
 
+def test_scales_below_1_interpolate_unlike_diffusers():
+    # diffusers skips guidance at guidance_scale <= 1 (returns eps_cond); sfs applies the formula at
+    # every w, so 0 < w < 1 lies between the unconditional and the conditional prediction.
+    model = LabelModel()
+    x, t, y = inputs()
+    cond, uncond = model(x, t, y), model(x, t, None)
+    assert (cond - uncond).abs().min() > 0.05
+    for w in (0.25, 0.5, 0.9):
+        e = CFGModel(model, w)(x, t, y)
+        assert close(e, (1 - w) * uncond + w * cond)
+        assert (e - cond).abs().min() > 0.004   # not eps_cond, which diffusers would return
+
+
 def test_ho_salimans_convention():
     # Ho & Salimans 2022: (1 + w') eps_c - w' eps_u. Ours with w = 1 + w' is the same.
     model = LabelModel()

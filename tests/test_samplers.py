@@ -230,6 +230,55 @@ def test_ddim_timesteps():
     assert ddim_timesteps(1000, 10, "time_quadratic").tolist() == [999, 789, 604, 444, 308, 197, 111, 49, 12, 0]
 
 
+def test_uniform_spacing_against_the_original_ddim_grid():
+    # The original DDIM code visits range(0, T, T // steps): the same grid as "uniform" when steps
+    # divides T, and more than `steps` timesteps otherwise (of which "uniform" is the first steps).
+    for steps in (1, 2, 8, 10, 20, 50, 100, 125, 1000):
+        assert ddim_timesteps(1000, steps, "uniform").tolist() == list(range(0, 1000, 1000 // steps))[::-1]
+    for steps in (3, 7, 30, 300, 999):
+        original = list(range(0, 1000, 1000 // steps))
+        assert len(original) > steps
+        assert ddim_timesteps(1000, steps, "uniform").tolist() == original[:steps][::-1]
+    assert len(range(0, 1000, 1000 // 30)) == 31 and ddim_timesteps(1000, 30, "uniform")[0] == 957
+    # diffusers' "leading" spacing (steps_offset = 0), arange(steps) * (T // steps), for every steps:
+    for steps in (3, 7, 30, 50, 999):
+        assert ddim_timesteps(1000, steps, "uniform").tolist() == [k * (1000 // steps) for k in range(steps)][::-1]
+
+
+ZERO_SNR = rescale_zero_terminal_snr(cosine_schedule(100))
+
+
+def test_eps_prediction_at_zero_terminal_snr_would_be_nan():
+    # The premise of the refusal below: alpha_bar_{T-1} = 0 and x0_hat = (x_t - eps_hat) / 0.
+    assert ZERO_SNR.alpha_bar[-1] == 0
+    x = torch.randn(2, 3)
+    t = torch.full((2,), ZERO_SNR.T - 1)
+    assert not torch.isfinite(x0_from_eps(ZERO_SNR, x, t, 0.5 * x)).any()
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: ddpm_sample(m, x, ZERO_SNR, generator=torch.Generator().manual_seed(0)),
+    lambda m, x: ddim_sample(m, x, ZERO_SNR, 10, spacing="trailing"),
+    lambda m, x: ddim_sample(m, x, ZERO_SNR, 10, eta=1.0, spacing="time_quadratic"),
+    lambda m, x: dpm_solver_2m_sample(m, x, ZERO_SNR, 10, spacing="time_quadratic"),
+    lambda m, x: dpm_solver_2m_sample(m, x, ZERO_SNR, 10, spacing="trailing", clip_x0=True),
+])
+def test_zero_terminal_snr_at_t_T_minus_1_is_refused(call):
+    model = gaussian(schedule=ZERO_SNR)
+    with pytest.raises(ValueError, match=r"alpha_bar\[99\] = 0 .*zero-terminal-SNR.* predict v"):
+        call(model, noise(8))
+    assert model.calls == 0  # refused at the call, before any model evaluation
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: ddim_sample(m, x, ZERO_SNR, 10),                       # "uniform" starts at t = 90
+    lambda m, x: dpm_solver_2m_sample(m, x, ZERO_SNR, 10),              # "logsnr" starts at log SNR -10
+])
+def test_zero_terminal_snr_spacings_that_skip_t_T_minus_1_still_sample(call):
+    x0 = call(gaussian(schedule=ZERO_SNR), noise(8))
+    assert torch.isfinite(x0).all()
+
+
 class TinyUNetLike(nn.Module):
     """Stands in for the U-Net: has a config with in_channels and image_size."""
 

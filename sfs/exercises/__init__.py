@@ -11,10 +11,13 @@ In a chapter the reader writes a function, then checks it:
     check.forward_sample.hint()               # a nudge
     check.forward_sample.solution()           # the source of a reference solution
 
-A checker runs the reader's function on a few random inputs (fixed seed), compares with the ``sfs``
-implementation, and names the mistake when the output matches a known wrong variant (a missing
-square root, alpha_t for alpha_bar_t, no broadcast over the batch, a swapped sign, ...). It never
-raises: an exception in the reader's code is reported with its type and message.
+A checker runs the reader's function on a few random inputs (fixed seed), including boundary cases
+(t = 0 and T - 1, eta = 0, T = 1, ...), compares with the ``sfs`` implementation, and names the
+mistake only when the output matches a known wrong variant (a missing square root, alpha_t for
+alpha_bar_t, no broadcast over the batch, a swapped sign, ...) on every case; otherwise it says how
+far off the output is and where. Each call gets its own copies of the arguments (an in-place edit
+is reported) and a time limit of a few seconds (an endless loop is stopped). It never raises: an
+exception in the reader's code is reported with its type and message.
 
 Exercises by chapter (module: exercises):
 - ``forward_process``: forward_sample, alpha_bar

@@ -55,7 +55,8 @@ def _pm_cases(gen):
         x0 = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
         x_t = torch.randn(shape, generator=gen, dtype=torch.float64)
         t = random_t(sched.T, shape[0], gen, include=(0, sched.T - 1, 1))
-        cases.append(Case((sched, x0, x_t, t), label, t))
+        cases.append(Case((sched, x0, x_t, t), label + "; t includes 0 (alpha_bar_{t-1} = 1) and T - 1", t,
+                          boundary=True))
     return cases
 
 
@@ -67,6 +68,7 @@ posterior_mean = Exercise(
     hint="mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) * x0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) "
          "/ (1 - alpha_bar_t) * x_t. alpha_bar_{t-1} is schedule.alpha_bar_prev[t] (1 at t = 0). "
          "Reshape every coefficient to (B, 1, ..., 1).",
+    rtol=3e-3,  # float32: at t = 0, beta_t / (1 - alpha_bar_t) = 1 to only 3 digits (1 - alpha_bar = 1e-4)
     mistakes=[
         Mistake(lambda s, x0, x_t, t: _pm(s, x0, x_t, t, swap=True),
                 "the coefficients of x0 and x_t are swapped."),
@@ -96,7 +98,7 @@ def _kl_cases(gen):
         return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
     m, lv = r(6), r(6, scale=0.5)
     return [Case((r(3, 4), r(3, 4, scale=0.7), r(3, 4), r(3, 4, scale=0.7)), "random (3, 4) Gaussians"),
-            Case((m, lv, m.clone(), lv.clone()), "two equal Gaussians (the KL must be 0)"),
+            Case((m, lv, m.clone(), lv.clone()), "two equal Gaussians (the KL must be 0)", boundary=True),
             Case((r(5), torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64),
                   torch.zeros(5, dtype=torch.float64)), "unit variances, N(m, 1) vs N(0, 1)")]
 
@@ -108,7 +110,7 @@ gaussian_kl = Exercise(
     solution=gaussian_kl_solution,
     hint="KL(N(m1, v1) || N(m2, v2)) = 1/2 (log v2 - log v1 + v1 / v2 + (m1 - m2)^2 / v2 - 1), with "
          "v = exp(logvar). It is 0 when the two Gaussians are equal.",
-    broadcast_hint=None, rtol=1e-6, atol=1e-9,
+    broadcast_hint=None, rtol=2e-5, atol=1e-7,
     mistakes=[
         Mistake(lambda m1, l1, m2, l2: normal_kl(m2, l2, m1, l1),
                 "you computed KL(q2 || q1): the KL is not symmetric. The first Gaussian's variance goes "

@@ -39,7 +39,9 @@ def gaussian_stats_solution(features):
 def _stats_cases(gen):
     a = torch.randn(50, 4, generator=gen, dtype=torch.float64) @ torch.randn(4, 4, generator=gen, dtype=torch.float64)
     return [Case((a + 3.0,), "50 features of dimension 4, mean 3"),
-            Case((torch.randn(7, 3, generator=gen, dtype=torch.float64) * 2 - 1,), "7 features of dimension 3")]
+            Case((torch.randn(7, 3, generator=gen, dtype=torch.float64) * 2 - 1,), "7 features of dimension 3"),
+            Case((torch.randn(2, 3, generator=gen, dtype=torch.float64),),
+                 "N = 2 features, the fewest an unbiased covariance allows", boundary=True)]
 
 
 gaussian_stats = Exercise(
@@ -49,7 +51,7 @@ gaussian_stats = Exercise(
     solution=gaussian_stats_solution,
     hint="Rows are samples, columns are feature dimensions. mu is the column mean (D,); sigma is the "
          "(D, D) covariance with the unbiased 1 / (N - 1), as numpy.cov and torch.cov compute it.",
-    output="tensors", broadcast_hint=None, rtol=1e-6, atol=1e-9,
+    output="tensors", output_names=("mu", "sigma"), broadcast_hint=None, rtol=1e-6, atol=1e-9,
     mistakes=[
         Mistake(lambda f: (f.mean(0), torch.cov(f.T, correction=0)),
                 "you divided by N; the unbiased covariance divides by N - 1 (torch.cov's default)."),
@@ -86,7 +88,7 @@ def _fd_cases(gen):
     r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     mu, s = r(3), _psd(3, gen)
     return [Case((r(4), _psd(4, gen), r(4), _psd(4, gen)), "two random Gaussians in 4-D"),
-            Case((mu, s, mu.clone(), s.clone()), "two equal Gaussians (distance 0)"),
+            Case((mu, s, mu.clone(), s.clone()), "two equal Gaussians (distance 0)", boundary=True),
             Case((r(5), _psd(5, gen), r(5) + 2, _psd(5, gen) * 3), "5-D, different scales")]
 
 

@@ -37,7 +37,11 @@ def _forward_sample_cases(gen: torch.Generator) -> list[Case]:
         x0 = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
         eps = torch.randn(shape, generator=gen, dtype=torch.float64)
         t = random_t(sched.T, shape[0], gen, include=(0, sched.T - 1))
-        cases.append(Case((sched, x0, t, eps), label, t))
+        cases.append(Case((sched, x0, t, eps), label + "; t includes 0 and T - 1", t, boundary=True))
+    x0 = torch.rand((1, 1, 3, 3), generator=gen, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([7])
+    cases.append(Case((cos, x0, t, torch.randn((1, 1, 3, 3), generator=gen, dtype=torch.float64)),
+                      "a batch of one, B = 1, cosine schedule, t = 7", t, boundary=True))
     return cases
 
 
@@ -88,7 +92,7 @@ def alpha_bar_solution(betas):
 def _alpha_bar_cases(gen: torch.Generator) -> list[Case]:
     return [Case((float64(linear_schedule(1000)).betas.double(),), "linear betas, T = 1000"),
             Case((torch.rand(20, generator=gen, dtype=torch.float64) * 0.3 + 0.01,), "20 random betas"),
-            Case((torch.tensor([0.5], dtype=torch.float64),), "T = 1, betas = [0.5]")]
+            Case((torch.tensor([0.5], dtype=torch.float64),), "T = 1, betas = [0.5]", boundary=True)]
 
 
 alpha_bar = Exercise(

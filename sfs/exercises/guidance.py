@@ -28,8 +28,10 @@ def _cfg_cases(gen):
     out = []
     for shape, s, label in [((3, 1, 5, 5), 3.0, "images (3, 1, 5, 5), scale = 3"),
                             ((6, 2), 7.5, "2-D points (6, 2), scale = 7.5"),
-                            ((2, 1, 4, 4), 1.0, "scale = 1 (must give eps_cond)")]:
-        out.append(Case((torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), s), label))
+                            ((2, 1, 4, 4), 1.0, "scale = 1 (must give eps_cond)"),
+                            ((4, 2), 0.0, "scale = 0 (must give eps_uncond)")]:
+        out.append(Case((torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), s), label,
+                        boundary=s in (0.0, 1.0)))
     return out
 
 
@@ -83,7 +85,12 @@ classifier_guided_eps = Exercise(
     cases=lambda gen: [Case((torch.randn(3, 1, 5, 5, generator=gen), torch.randn(3, 1, 5, 5, generator=gen),
                              _n(0.4), 2.0), "images, alpha_bar_t = 0.4, scale = 2"),
                        Case((torch.randn(6, 2, generator=gen), torch.randn(6, 2, generator=gen), _n(0.05), 1.0),
-                            "2-D points, alpha_bar_t = 0.05, scale = 1")],
+                            "2-D points, alpha_bar_t = 0.05, scale = 1"),
+                       Case((torch.randn(2, 3, generator=gen), torch.randn(2, 3, generator=gen), _n(0.9), 0.0),
+                            "scale = 0: no guidance, eps_hat unchanged", boundary=True),
+                       Case((torch.randn(2, 1, 3, 3, generator=gen), torch.randn(2, 1, 3, 3, generator=gen),
+                             _n(0.9999), 10.0), "alpha_bar_t = 0.9999 (t = 0 of the linear schedule), scale = 10",
+                            boundary=True)],
     solution=classifier_guided_eps_solution,
     hint="The score of x_t is -eps / sqrt(1 - alpha_bar_t). Add scale * grad log p(y | x_t) to the score, "
          "then convert back to eps.",

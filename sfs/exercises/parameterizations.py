@@ -30,8 +30,8 @@ def _cases(gen):
                                 (float64(cosine_schedule(100)), (6, 2), "2-D points (6, 2), cosine, T = 100")]:
         x = torch.randn(shape, generator=gen, dtype=torch.float64)
         y = torch.randn(shape, generator=gen, dtype=torch.float64)
-        t = random_t(sched.T, shape[0], gen, include=(0, sched.T // 2))
-        cases.append(Case((sched, x, t, y), label, t))
+        t = random_t(sched.T, shape[0], gen, include=(0, sched.T - 1, sched.T // 2))
+        cases.append(Case((sched, x, t, y), label + "; t includes 0 and T - 1", t, boundary=True))
     return cases
 
 

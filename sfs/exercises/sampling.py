@@ -45,8 +45,10 @@ def _ddim_cases(gen):
     out = []
     for shape, a, ap, label in [((3, 1, 5, 5), 0.3, 0.5, "images (3, 1, 5, 5), alpha_bar 0.3 -> 0.5"),
                                 ((8, 2), 0.05, 0.2, "2-D points (8, 2), alpha_bar 0.05 -> 0.2"),
-                                ((2, 1, 4, 4), 0.9, 1.0, "last step: alpha_bar_prev = 1 gives x0_hat")]:
-        out.append(Case((torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), _n(a), _n(ap)), label))
+                                ((2, 1, 4, 4), 0.9, 1.0, "last step: alpha_bar_prev = 1 gives x0_hat"),
+                                ((3, 2), 0.4, 0.4, "alpha_bar_prev = alpha_bar_t: a step of size 0 returns x_t")]:
+        out.append(Case((torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), _n(a), _n(ap)), label,
+                        boundary=ap == 1.0 or a == ap))
     return out
 
 
@@ -101,7 +103,9 @@ ddim_sigma = Exercise(
     reference=lambda a, ap, eta: float(_sigma_reference(a, ap, eta)),
     cases=lambda gen: [Case((_n(0.3), _n(0.5), 1.0), "alpha_bar 0.3 -> 0.5, eta = 1"),
                        Case((_n(0.02), _n(0.1), 0.5), "alpha_bar 0.02 -> 0.1, eta = 0.5"),
-                       Case((_n(0.6), _n(0.7), 0.0), "eta = 0 (deterministic DDIM)")],
+                       Case((_n(0.6), _n(0.7), 0.0), "eta = 0 (deterministic DDIM)", boundary=True),
+                       Case((_n(0.9), _n(1.0), 1.0), "the last step, alpha_bar_prev = 1: sigma = 0", boundary=True),
+                       Case((_n(0.2), _n(0.6), 2.0), "eta = 2, more noise than DDPM")],
     solution=ddim_sigma_solution,
     hint="sigma = eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev). "
          "With eta = 1 its square is DDPM's posterior variance tilde beta_t.",
