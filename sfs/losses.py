@@ -29,32 +29,34 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighting: str | None = "min_snr",
                gamma: float = 5.0) -> torch.Tensor:
-    """Per-example loss weight (B,) for ``target``, from a weight lambda(t) on the x0 error.
+    """Per-example loss weight w_t (B,) for ``target``, from a weight w_x0(t) on the x0 error.
 
-    Errors of the three targets differ by SNR factors: |eps - eps_hat|^2 = snr |x0 - x0_hat|^2 and
-    |v - v_hat|^2 = (snr + 1) |x0 - x0_hat|^2. So one weighting lambda(t) of the x0 error becomes
-    lambda for target "x0", lambda / snr for "eps", lambda / (snr + 1) for "v".
-    weighting "snr": lambda = snr (the eps loss of eq. (3.7), whatever the target);
-    "min_snr": lambda = min(snr, gamma) (Hang et al. 2023, eq. 8); None: weight 1 for every target.
+    Book eqs. (4.6), (6.2). Errors of the three targets differ by SNR factors (eq. (4.6)):
+    |eps - eps_hat|^2 = snr |x0 - x0_hat|^2 and |v - v_hat|^2 = (snr + 1) |x0 - x0_hat|^2. So one
+    weighting w_x0(t) of the x0 error becomes w_x0 for target "x0", w_x0 / snr for "eps" and
+    w_x0 / (snr + 1) for "v". weighting "snr": w_x0 = snr (the eps loss of eq. (3.7), whatever the
+    target); "min_snr": w_x0 = min(snr, gamma) (Hang et al. 2023, eq. 8), i.e. min(1, gamma / snr) on
+    the eps error; None: weight 1 for every target. (The book writes the weight w_t; lambda_t is
+    the log-SNR, see book/notation.md.)
     """
     t = check_t(schedule, t, t.numel() if isinstance(t, torch.Tensor) else 1)
     snr = schedule.snr.to(t.device)[t]
     if weighting is None:
         return torch.ones_like(snr)
     if weighting == "snr":
-        lam = snr
+        w_x0 = snr
     elif weighting == "min_snr":
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
-        lam = snr.clamp(max=gamma)
+        w_x0 = snr.clamp(max=gamma)
     else:
         raise ValueError(f"weighting must be None, 'snr' or 'min_snr', got {weighting!r}")
     if target == "x0":
-        return lam
-    if target == "eps":  # lambda / snr, written so snr = 0 (zero terminal SNR) gives 1, not 0/0
+        return w_x0
+    if target == "eps":  # w_x0 / snr, written so snr = 0 (zero terminal SNR) gives 1, not 0/0
         return torch.ones_like(snr) if weighting == "snr" else (gamma / snr).clamp(max=1.0)
     if target == "v":
-        return lam / (snr + 1)
+        return w_x0 / (snr + 1)
     raise ValueError(f"target must be 'eps', 'x0' or 'v', got {target!r}")
 
 
@@ -149,10 +151,11 @@ def vb_term(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Te
 class BoundTerms:
     """The variational bound of book eq. (3.4), in bits per dimension."""
 
-    total: torch.Tensor  # (B,) L_T + L_0 + estimate of sum_{t>1} L_{t-1}: an upper bound on -log2 p(x0) / D
-    prior: torch.Tensor  # (B,) L_T
-    terms: torch.Tensor  # (B, K) the evaluated L_{t-1}, one column per entry of t (column 0: L_0)
-    t: torch.Tensor      # (K,) code timesteps evaluated, t[0] = 0
+    total: torch.Tensor    # (B,) prior + terms @ weights: an estimate of the upper bound on -log2 p(x0) / D
+    prior: torch.Tensor    # (B,) L_T
+    terms: torch.Tensor    # (B, K) the evaluated L_{t-1}, one column per entry of t (column 0: L_0)
+    t: torch.Tensor        # (K,) code timesteps evaluated, t[0] = 0
+    weights: torch.Tensor  # (K,) how many times each column is counted in total: 1, or t_stride
 
 
 def reverse_log_variance(schedule: Schedule, variance: str = "beta") -> torch.Tensor:
@@ -183,7 +186,8 @@ def nll_bpd(model, schedule: Schedule, x0: torch.Tensor, variance: str = "beta",
     sum at about 1/k of the cost. Unbiased is not accurate: a trained model's bound sits mostly in
     the first few dozen steps, so a plain stride (t_dense = 0) swings by a factor of several from
     one offset to the next; evaluate those steps densely (t_dense = 50 for T = 1000, say).
-    Returns the per-step terms (B, K) with their code steps t (K,) and each step's weight.
+    Returns a ``BoundTerms``: total and prior (B,), the per-step terms (B, K) with their code steps
+    t (K,) and the weight (K,) each step is counted with, so total = prior + terms @ weights.
     """
     if isinstance(t_stride, bool) or not isinstance(t_stride, int) or t_stride < 1:
         raise ValueError(f"t_stride must be an int >= 1, got {t_stride!r}")
@@ -212,4 +216,4 @@ def nll_bpd(model, schedule: Schedule, x0: torch.Tensor, variance: str = "beta",
     terms = torch.stack(terms, dim=1)  # (B, K)
     prior = prior_bpd(schedule, x0)
     total = prior + (terms * weights.to(terms)).sum(dim=1)
-    return BoundTerms(total=total, prior=prior, terms=terms, t=torch.tensor(ts))
+    return BoundTerms(total=total, prior=prior, terms=terms, t=torch.tensor(ts), weights=weights)

@@ -3,7 +3,8 @@
 Book chapter 4 ("Parameterizations"). All four describe the same denoiser: with
 x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (book eq. (1.3)), knowing x_t and any one of
 eps, x0, v or the score determines the others. Tensors are (B, ...) and t is int64 (B,), code index
-0..T-1 (see ``sfs.schedules``).
+0..T-1 (see ``sfs.schedules``). Inside, ``a`` and ``b`` are the book's a_t = sqrt(alpha_bar_t) and
+b_t = sqrt(1 - alpha_bar_t) (book/notation.md).
 
 Where alpha_bar_t = 0 (the last step of a zero-terminal-SNR schedule) x_t carries no information
 about x0, so ``x0_from_eps`` and ``v_from_eps`` divide by zero there; predict v instead
@@ -19,11 +20,11 @@ from sfs.schedules import Schedule
 
 
 def _scales(schedule: Schedule, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) at t (B,), shaped (B, 1, ..., 1) like x."""
+    """a_t = sqrt(alpha_bar_t), b_t = sqrt(1 - alpha_bar_t) at t (B,), shaped (B, 1, ..., 1) like x."""
     t = check_t(schedule, t, x.shape[0], x.device)
     a = extract(schedule.sqrt_alpha_bar, t, x.ndim).to(x)
-    s = extract(schedule.sqrt_one_minus_alpha_bar, t, x.ndim).to(x)
-    return a, s
+    b = extract(schedule.sqrt_one_minus_alpha_bar, t, x.ndim).to(x)
+    return a, b
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
@@ -37,15 +38,15 @@ def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: tor
     Book eq. (4.1); Ho et al. 2020, eq. 15.
     """
     _same_shape(x_t, eps, "x_t and eps")
-    a, s = _scales(schedule, t, x_t)
-    return (x_t - s * eps) / a
+    a, b = _scales(schedule, t, x_t)
+    return (x_t - b * eps) / a
 
 
 def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t), (B, ...). Inverse of book eq. (4.1)."""
     _same_shape(x_t, x0, "x_t and x0")
-    a, s = _scales(schedule, t, x_t)
-    return (x_t - a * x0) / s
+    a, b = _scales(schedule, t, x_t)
+    return (x_t - a * x0) / b
 
 
 def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -55,29 +56,29 @@ def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.T
     the velocity of x_t along the circle from x0 (phi = 0) to eps (phi = pi/2).
     """
     _same_shape(x0, eps, "x0 and eps")
-    a, s = _scales(schedule, t, x0)
-    return a * eps - s * x0
+    a, b = _scales(schedule, t, x0)
+    return a * eps - b * x0
 
 
 def x0_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, (B, ...). Book eq. (4.2) solved for x0."""
     _same_shape(x_t, v, "x_t and v")
-    a, s = _scales(schedule, t, x_t)
-    return a * x_t - s * v
+    a, b = _scales(schedule, t, x_t)
+    return a * x_t - b * v
 
 
 def eps_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, (B, ...). Book eq. (4.2) solved for eps."""
     _same_shape(x_t, v, "x_t and v")
-    a, s = _scales(schedule, t, x_t)
-    return s * x_t + a * v
+    a, b = _scales(schedule, t, x_t)
+    return b * x_t + a * v
 
 
 def v_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """v = (eps - sqrt(1 - alpha_bar_t) x_t) / sqrt(alpha_bar_t), (B, ...). Book eqs. (4.1)-(4.2)."""
     _same_shape(x_t, eps, "x_t and eps")
-    a, s = _scales(schedule, t, x_t)
-    return (eps - s * x_t) / a
+    a, b = _scales(schedule, t, x_t)
+    return (eps - b * x_t) / a
 
 
 def score_from_eps(schedule: Schedule, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -85,14 +86,14 @@ def score_from_eps(schedule: Schedule, t: torch.Tensor, eps: torch.Tensor) -> to
 
     Book eq. (4.3); Song et al. 2021, eq. 18 (exact when eps is the posterior mean E[eps | x_t]).
     """
-    _, s = _scales(schedule, t, eps)
-    return -eps / s
+    _, b = _scales(schedule, t, eps)
+    return -eps / b
 
 
 def eps_from_score(schedule: Schedule, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """eps = -sqrt(1 - alpha_bar_t) score, (B, ...). Inverse of book eq. (4.3)."""
-    _, s = _scales(schedule, t, score)
-    return -s * score
+    _, b = _scales(schedule, t, score)
+    return -b * score
 
 
 def x0_from_score(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -101,5 +102,5 @@ def x0_from_score(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, score:
     Book eq. (4.4); Efron 2011, eq. 2.8; equal to ``x0_from_eps`` with the eps of eq. (4.3).
     """
     _same_shape(x_t, score, "x_t and score")
-    a, s = _scales(schedule, t, x_t)
-    return (x_t + s**2 * score) / a
+    a, b = _scales(schedule, t, x_t)
+    return (x_t + b**2 * score) / a

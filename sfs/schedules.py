@@ -11,8 +11,10 @@ the book's beta_1, ``alpha_bar[t]`` is the book's alpha_bar_{t+1}, and ``alpha_b
 is the book's alpha_bar_0 (no noise yet). Every module of ``sfs`` uses this convention.
 
 Notation (book symbol -> field): beta_t -> ``betas``, alpha_t = 1 - beta_t -> ``alphas``,
-alpha_bar_t = prod_{s<=t} alpha_s -> ``alpha_bar``, tilde beta_t -> ``posterior_variance``,
-SNR(t) = alpha_bar_t / (1 - alpha_bar_t) -> ``snr``.
+alpha_bar_t = prod_{s<=t} alpha_s -> ``alpha_bar``, a_t = sqrt(alpha_bar_t) -> ``sqrt_alpha_bar``,
+b_t = sqrt(1 - alpha_bar_t) -> ``sqrt_one_minus_alpha_bar``, tilde beta_t -> ``posterior_variance``,
+SNR(t) = alpha_bar_t / (1 - alpha_bar_t) -> ``snr``, lambda_t = log SNR(t) -> ``log_snr``
+(book/notation.md).
 
 All quantities are computed in float64 and stored as float32 (``Schedule.to`` changes either).
 """
@@ -34,14 +36,14 @@ class Schedule:
     alphas: torch.Tensor                # alpha_t = 1 - beta_t
     alpha_bar: torch.Tensor             # prod of alphas up to t, book eq. (1.3)
     alpha_bar_prev: torch.Tensor        # alpha_bar_{t-1}, with alpha_bar_0 = 1
-    sqrt_alpha_bar: torch.Tensor        # signal scale of q(x_t | x0), book eq. (1.3)
-    sqrt_one_minus_alpha_bar: torch.Tensor  # noise scale of q(x_t | x0), book eq. (1.3)
+    sqrt_alpha_bar: torch.Tensor        # a_t, signal scale of q(x_t | x0), book eq. (1.3)
+    sqrt_one_minus_alpha_bar: torch.Tensor  # b_t, noise scale of q(x_t | x0), book eq. (1.3)
     posterior_variance: torch.Tensor    # tilde beta_t of q(x_{t-1} | x_t, x0), book eq. (3.1)
     posterior_log_variance_clipped: torch.Tensor  # log tilde beta_t, index 0 set to index 1's value
     posterior_mean_coef1: torch.Tensor  # coefficient of x0 in the posterior mean, book eq. (3.2)
     posterior_mean_coef2: torch.Tensor  # coefficient of x_t in the posterior mean, book eq. (3.2)
     snr: torch.Tensor                   # alpha_bar / (1 - alpha_bar), book eq. (1.4)
-    log_snr: torch.Tensor               # log SNR; -inf where alpha_bar = 0 (zero terminal SNR)
+    log_snr: torch.Tensor               # lambda_t = log SNR; -inf where alpha_bar = 0 (zero terminal SNR)
 
     @property
     def T(self) -> int:

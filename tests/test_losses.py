@@ -128,6 +128,7 @@ def test_nll_bpd_of_the_exact_denoiser_is_near_zero():
     x0 = torch.full((2, 1, 3, 3), 0.2 * 127.5 // 1 / 127.5 - 1)  # a single 8-bit value
     res = nll_bpd(_constant_denoiser(s, x0[0, 0, 0, 0].item()), s, x0, variance="posterior")
     assert res.terms.shape == (2, 100) and res.t.tolist() == list(range(100))
+    assert res.weights.tolist() == [1.0] * 100                  # t_stride = 1: every step counted once
     assert res.terms[:, 1:].abs().max() < 1e-3  # KL terms vanish: p equals the posterior
     # What is left is L_0: the 8-bit bin around x0 under N(x0, sigma_1^2), plus a tiny prior.
     sd = (0.5 * s.posterior_log_variance_clipped[0]).exp().double()
@@ -165,6 +166,8 @@ def test_nll_bpd_dense_steps_are_counted_once_and_the_stride_stays_unbiased():
     for seed in range(64):
         res = nll_bpd(model, s, x0, t_stride=k, t_dense=dense, generator=torch.Generator().manual_seed(seed))
         assert res.t[:dense].tolist() == list(range(dense))      # every early step, once
+        assert res.weights.tolist() == [1.0] * dense + [float(k)] * (len(res.t) - dense)
+        torch.testing.assert_close(res.total, res.prior + res.terms @ res.weights)
         torch.testing.assert_close(res.terms[:, :dense], full.terms[:, :dense])
         by_offset[res.t[dense].item() - dense] = res.total
         if len(by_offset) == k:
