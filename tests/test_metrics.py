@@ -83,7 +83,7 @@ def test_precision_recall():
     # Mode dropping: fakes from half of the real data keep precision high, lose recall.
     p_half, r_half = precision_recall(f, f[f[:, 0] > 0], k=3)
     assert p_half > 0.9 and r_half < 0.75
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match="k must be an int in"):
         precision_recall(f, f[:3], k=3)
 
 
@@ -107,7 +107,7 @@ def test_evaluate_and_real_floor_default_path_never_touches_inception(monkeypatc
     assert floor["n_real"] == floor["n_fake"] == 60
     assert evaluate(real[:60], real[:60], clf, kid_subsets=2, kid_subset_size=50)["fd"] < 1e-6
     assert "torch_fidelity" not in sys.modules
-    with pytest.raises(ValueError, match="n must be in"):
+    with pytest.raises(ValueError, match="n must be an int in"):
         real_floor(real, 61, clf)
     with pytest.raises(ValueError, match="feature must be one of"):
         extract_features(real, clf, feature="clip")
