@@ -98,6 +98,14 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     return cfg
 
 
+def check_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Catch what argparse lets through without calling an option's type: ``--steps=--`` gives
+    ``[]`` on Python 3.11 (argparse drops a '--' value). One-line error and exit status 2."""
+    for action in parser._actions:  # nargs None: the options that take one value
+        if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+            parser.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--'")
+
+
 def config_or_exit(parser: argparse.ArgumentParser, build: Callable, *args):
     """``build(*args)``; a ValueError or TypeError from its checks ends the program the way
     argparse does, with one line ("prog: error: ...") and exit status 2, not a traceback."""
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_train_args(p_train)
     args = parser.parse_args(argv)
     if args.command == "train":
+        check_parsed(p_train, args)
         cfg = config_or_exit(p_train, config_from_args, args, argv)
         if args.threads:
             torch.set_num_threads(args.threads)
