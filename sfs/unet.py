@@ -285,12 +285,13 @@ class UNet(nn.Module):
         C, S = self.config.in_channels, self.config.image_size
         check_tensor("x_t", x_t, "float", (None, C, S, S), "(B, in_channels, image_size, image_size)")
         B = x_t.shape[0]
-        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
-            t = torch.tensor(t, device=x_t.device)
+        hint = f"code timesteps of any schedule with T <= {MAX_T}"
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):  # one t for the whole batch
+            return torch.full((B,), check_int("t", t, 0, MAX_T - 1, hint), device=x_t.device)
         check_tensor("t", t, "int")
         if t.ndim:  # a 0-d t is used for the whole batch
             check_tensor("t", t, "int", (B,), "(B,)")
-        check_range("t", t, 0, MAX_T - 1, "timesteps", f"code timesteps of any schedule with T <= {MAX_T}")
+        check_range("t", t, 0, MAX_T - 1, "timesteps", hint)
         return t.expand(B) if t.ndim == 0 else t
 
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
