@@ -14,74 +14,80 @@ import argparse
 import shlex
 import sys
 from dataclasses import fields
+from typing import Callable
 
 import torch
 
 from sfs import generate_cli, train_autoencoder, train_text2image
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+from sfs.validate import (check_int, existing_dir, finite_float, fraction, fraction_below_one, ints_arg,
+                          nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
+                          positive_ints)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     d, m = TrainConfig(), UNetConfig()
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=["mnist", "fashion-mnist"], default=d.data)
-    g.add_argument("--data-dir", default=d.data_dir,
+    g.add_argument("--data-dir", type=existing_dir, default=d.data_dir,
                    help="folder with the IDX files (or their parent); default $SFS_DATA_DIR")
     g.add_argument("--conditional", action="store_true",
                    help="class-conditional with label dropout, for classifier-free guidance")
-    g.add_argument("--label-dropout", type=float, default=d.label_dropout)
+    g.add_argument("--label-dropout", type=fraction, default=d.label_dropout, help="in [0, 1]")
     g = p.add_argument_group("diffusion")
     g.add_argument("--schedule", choices=["cosine", "linear"], default=d.schedule)
-    g.add_argument("--T", type=int, default=d.T)
+    g.add_argument("--T", type=positive_int, default=d.T)
     g.add_argument("--target", choices=["eps", "x0", "v"], default=d.target)
     g.add_argument("--weighting", choices=["min_snr"], default=d.weighting,
                    help="loss weighting (default: none, the simple loss of Ho et al. 2020)")
     g = p.add_argument_group("model (sfs.unet.UNetConfig)")
-    g.add_argument("--base-channels", type=int, default=m.base_channels)
-    g.add_argument("--channel-mults", type=_ints, default=m.channel_mults, help="e.g. 1,2,2")
-    g.add_argument("--num-res-blocks", type=int, default=m.num_res_blocks)
-    g.add_argument("--attn-resolutions", type=_ints, default=m.attn_resolutions, help="e.g. 14,7")
-    g.add_argument("--num-heads", type=int, default=m.num_heads)
-    g.add_argument("--dropout", type=float, default=m.dropout)
+    g.add_argument("--base-channels", type=positive_int, default=m.base_channels)
+    g.add_argument("--channel-mults", type=positive_ints, default=m.channel_mults, help="e.g. 1,2,2")
+    g.add_argument("--num-res-blocks", type=positive_int, default=m.num_res_blocks)
+    g.add_argument("--attn-resolutions", type=ints_arg(low=1, nonempty=False),
+                   default=m.attn_resolutions, help="e.g. 14,7; '' for none")
+    g.add_argument("--num-heads", type=positive_int, default=m.num_heads)
+    g.add_argument("--dropout", type=fraction_below_one, default=m.dropout, help="in [0, 1)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps)
-    g.add_argument("--minutes", type=float, default=d.minutes,
+    g.add_argument("--steps", type=positive_int, default=d.steps)
+    g.add_argument("--minutes", type=nonnegative_float, default=d.minutes,
                    help="also stop after this many minutes of training (checkpoint and export)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    g.add_argument("--lr", type=positive_float, default=d.lr)
+    g.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    g.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help="max gradient norm, > 0")
+    g.add_argument("--ema-decay", type=fraction_below_one, default=d.ema_decay, help="in [0, 1)")
+    g.add_argument("--seed", type=nonnegative_int, default=d.seed)
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (torch.set_num_threads); 1 is fastest on a busy shared machine")
     g = p.add_argument_group("outputs")
     g.add_argument("--out", default=None, help="run folder (default runs/<data>-<cond|uncond>)")
-    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    g.add_argument("--sample-every", type=int, default=d.sample_every)
-    g.add_argument("--sample-n", type=int, default=d.sample_n)
-    g.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
-    g.add_argument("--log-every", type=int, default=d.log_every)
-    g.add_argument("--export", default=None, metavar="NAME",
-                   help="at the end, write the EMA weights as models/NAME.safetensors + card")
+    g.add_argument("--ckpt-every", type=positive_int, default=d.ckpt_every)
+    g.add_argument("--sample-every", type=nonnegative_int, default=d.sample_every, help="0: never")
+    g.add_argument("--sample-n", type=positive_int, default=d.sample_n)
+    g.add_argument("--sample-steps", type=positive_int, default=d.sample_steps, help="at most --T")
+    g.add_argument("--guidance-scale", type=finite_float, default=d.guidance_scale)
+    g.add_argument("--log-every", type=positive_int, default=d.log_every)
+    g.add_argument("--export", type=plain_name, default=None, metavar="NAME",
+                   help="at the end, write the EMA weights as models/NAME.safetensors + card "
+                        "(a plain name: written inside --models-dir only)")
     g.add_argument("--models-dir", default=None, help="where --export writes (default models/)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
-    """Build the TrainConfig that the parsed ``train`` arguments describe."""
+    """Build the TrainConfig that the parsed ``train`` arguments describe.
+
+    Raises ValueError or TypeError for settings that are fine one by one but not together (a
+    UNetConfig whose fields do not fit, more sampling steps than T).
+    """
     model = UNetConfig(**{f.name: getattr(args, f.name) for f in fields(UNetConfig)
                           if hasattr(args, f.name)})
     names = {f.name for f in fields(TrainConfig)} - {"model", "command"}
@@ -89,7 +95,25 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
                       **{k: getattr(args, k) for k in names if hasattr(args, k)})
     if args.out is None:
         cfg.out = f"runs/{cfg.data}-{'cond' if cfg.conditional else 'uncond'}"
+    check_int("--sample-steps", cfg.sample_steps, 1, cfg.T, hint="at most --T")
     return cfg
+
+
+def check_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Catch what argparse lets through without calling an option's type: ``--steps=--`` gives
+    ``[]`` on Python 3.11 (argparse drops a '--' value). One-line error and exit status 2."""
+    for action in parser._actions:  # nargs None: the options that take one value
+        if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+            parser.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--'")
+
+
+def config_or_exit(parser: argparse.ArgumentParser, build: Callable, *args):
+    """``build(*args)``; a ValueError or TypeError from its checks ends the program the way
+    argparse does, with one line ("prog: error: ...") and exit status 2, not a traceback."""
+    try:
+        return build(*args)
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,15 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command == "train":
-        train(config_from_args(args, argv), progress=not args.no_progress)
+        check_parsed(p_train, args)
+        train(config_or_exit(p_train, config_from_args, args, argv), progress=not args.no_progress)
     elif args.command == "train-text2image":
-        train_text2image.train_text2image(train_text2image.config_from_args(args, argv),
-                                          progress=not args.no_progress)
+        check_parsed(p_t2i, args)
+        cfg = config_or_exit(p_t2i, train_text2image.config_from_args, args, argv)
+        train_text2image.train_text2image(cfg, progress=not args.no_progress)
     elif args.command == "generate":
-        generate_cli.run(args, parser)
+        check_parsed(p_gen, args)
+        generate_cli.run(args, p_gen)
     elif args.command == "train-autoencoder":
-        train_autoencoder.train_autoencoder(train_autoencoder.config_from_args(args, argv),
-                                            progress=not args.no_progress)
+        check_parsed(p_ae, args)
+        cfg = config_or_exit(p_ae, train_autoencoder.config_from_args, args, argv)
+        train_autoencoder.train_autoencoder(cfg, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfs.validate import check_choice, check_int, check_type
+
 ENV_VAR = "SFS_DATA_DIR"
 
 CLASSES = {
@@ -38,6 +40,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+IMAGE_SHAPE = (28, 28)  # rows, cols of every image in both data sets
 SAMPLE_SIZE = 1000  # bundled test images per data set
 
 
@@ -61,15 +64,11 @@ class ImageDataset:
 
 
 def _check_name(name: str) -> str:
-    if name not in CLASSES:
-        raise ValueError(f"unknown data set name={name!r}; known data sets: {sorted(CLASSES)}")
-    return name
+    return check_choice("name (the data set)", name, sorted(CLASSES))
 
 
 def _check_split(split: str) -> str:
-    if split not in FILES:
-        raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
-    return split
+    return check_choice("split", split, sorted(FILES))
 
 
 def to_float(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -110,6 +109,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     else:
         raise ValueError(f"IDX file {path} has magic number {magic}; expected {IMAGE_MAGIC} "
                          f"(images) or {LABEL_MAGIC} (labels): not an MNIST-style IDX file")
+    if min(shape) < 0:
+        raise ValueError(f"IDX file {path} is damaged: its header gives the negative shape {shape}")
     expected = math.prod(shape)
     if len(data) - offset != expected:
         raise ValueError(f"IDX file {path} is truncated or padded: header says {shape} "
@@ -137,8 +138,12 @@ def _resolve_dir(name: str, data_dir: str | Path | None) -> Path | None:
 
 def _missing_message(name: str, folder: Path | None, split: str) -> str:
     wanted = ", ".join(f"{s}[.gz]" for s in FILES[split])
-    where = (f"in {folder} (nor in {folder / name})" if folder is not None
-             else f"because no data_dir was given and ${ENV_VAR} is not set")
+    if folder is None:
+        where = f"because no data_dir was given and ${ENV_VAR} is not set"
+    elif not folder.is_dir():
+        where = f"because the folder {folder} does not exist"
+    else:
+        where = f"in {folder} (nor in {folder / name})"
     return (f"{name} {split} files not found {where}. Expected: {wanted}. Get them by "
             f"pointing data_dir or ${ENV_VAR} at a folder holding the IDX files "
             f"(torchvision's raw names), or pass download=True to fetch them with torchvision "
@@ -153,6 +158,9 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | Path
     """
     _check_name(name)
     _check_split(split)
+    check_type("download", download, bool)
+    if data_dir is not None:
+        check_type("data_dir", data_dir, (str, os.PathLike), "a str or Path (a folder) or None")
     folder = _resolve_dir(name, data_dir)
     paths = [_find(folder, stem) for stem in FILES[split]] if folder is not None else [None, None]
     if None in paths:
@@ -160,11 +168,26 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | Path
             return _download(name, split, data_dir)
         raise FileNotFoundError(_missing_message(name, folder, split))
     images, labels = (read_idx(p) for p in paths)
+    _check_contents(name, paths, images, labels)
+    return ImageDataset(name, to_float(images), torch.as_tensor(labels.astype(np.int64)),
+                        list(CLASSES[name]))
+
+
+def _check_contents(name: str, paths: list[Path], images: np.ndarray, labels: np.ndarray) -> None:
+    """The images file must hold images (N, 28, 28), the labels file N labels in [0, classes)."""
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE or images.shape[0] == 0:
+        raise ValueError(f"{paths[0]} must hold images of shape (N, 28, 28) with N >= 1 (magic number "
+                         f"{IMAGE_MAGIC}), got an array of shape {images.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"{paths[1]} must hold labels of shape (N,) (magic number {LABEL_MAGIC}), "
+                         f"got an array of shape {labels.shape}")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{paths[0]} holds {images.shape[0]} images but {paths[1]} holds "
                          f"{labels.shape[0]} labels")
-    return ImageDataset(name, to_float(images), torch.as_tensor(labels.astype(np.int64)),
-                        list(CLASSES[name]))
+    K = len(CLASSES[name])
+    if labels.max() >= K:
+        raise ValueError(f"{paths[1]} must hold labels in [0, {K - 1}] ({name} has {K} classes), "
+                         f"got values up to {int(labels.max())}")
 
 
 def _download(name: str, split: str, data_dir: str | Path | None) -> ImageDataset:
@@ -191,11 +214,16 @@ def load(name: str = "mnist", split: str = "train", data_dir: str | Path | None 
          ) -> ImageDataset:
     """The full data set when it can be found (argument or $SFS_DATA_DIR), else the bundled sample.
 
-    What the chapters call: on a machine with the data they use it, offline they still run.
+    What the chapters call: on a machine with the data they use it, offline they still run. The
+    fallback to the sample is only for ``data_dir=None``: a ``data_dir`` given explicitly must hold
+    the data (FileNotFoundError otherwise), so a mistyped folder is not silently replaced by the
+    1,000-image sample.
     """
     try:
         return load_dataset(name, split, data_dir)
     except FileNotFoundError:
+        if data_dir is not None:
+            raise
         return load_sample(name)
 
 
@@ -249,8 +277,6 @@ def make_toy(name: str, n: int, generator: torch.Generator | None = None) -> tor
     name: one of "swiss_roll", "two_moons", "gaussian_mixture" (8 Gaussians on a circle),
     "checkerboard". Reproducible for a given ``generator``.
     """
-    if name not in TOYS:
-        raise ValueError(f"unknown toy name={name!r}; known toys: {sorted(TOYS)}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_choice("name (the toy)", name, sorted(TOYS))
+    n = check_int("n", n, low=1)
     return TOYS[name](n, generator).float()

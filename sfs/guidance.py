@@ -21,20 +21,22 @@ Ho & Salimans 2021 (eq. 6) write (1 + w') eps_cond - w' eps_uncond instead: thei
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sfs.forward import extract
 from sfs.schedules import Schedule
+from sfs.validate import check_float, check_int, check_range, check_tensor, check_type
 
 
 def _check_scale(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number (any real; 0 switches guidance off), got {value!r}")
-    return float(value)
+    return check_float(name, value, hint="any real; 0 switches guidance off")
+
+
+def _check_callable(name: str, fn, contract: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be a model called as {contract}, got {type(fn).__name__}")
 
 
 class CFGModel(nn.Module):
@@ -49,20 +51,23 @@ class CFGModel(nn.Module):
 
     def __init__(self, model: nn.Module, w: float, null_label: int | None = None):
         super().__init__()
+        _check_callable("model", model, "model(x_t, t, cond)")
         self.model = model
         self.w = _check_scale("w (the guidance scale)", w)
         self.config = getattr(model, "config", None)  # so samplers can check x_T's shape
         self.null_cond = getattr(model, "null_cond", None)  # text models: the empty prompt
-        self.check_cond = getattr(model, "check_cond", None)
         if self.null_cond is not None:
             self.null_label = None
             return
-        if null_label is None:
-            null_label = getattr(self.config, "num_classes", None)
-            if null_label is None:
-                raise ValueError("null_label is needed: the model has no config.num_classes, so the "
-                                 "'no class' label is unknown")
-        self.null_label = int(null_label)
+        K = getattr(self.config, "num_classes", None)
+        if hasattr(self.config, "num_classes") and K is None:
+            raise ValueError("model must be class-conditional for CFG: its config.num_classes is None")
+        if null_label is None and K is None:
+            raise ValueError("null_label is needed: the model has no config.num_classes, so the "
+                             "'no class' label is unknown")
+        # The U-Net's labels are 0..K, K the null one: any other null label is not in its table.
+        self.null_label = check_int("null_label", K if null_label is None else null_label, 0, K,
+                                    hint="" if K is None else f"labels of the model; {K}: its 'no class'")
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -89,6 +94,13 @@ class ClassifierGuidedModel(nn.Module):
     def __init__(self, model: nn.Module, classifier: nn.Module, schedule: Schedule,
                  y: torch.Tensor, scale: float):
         super().__init__()
+        _check_callable("model", model, "model(x_t, t, cond)")
+        _check_callable("classifier", classifier, "classifier(x_t, t) -> logits")
+        check_type("schedule", schedule, Schedule, "a sfs.schedules.Schedule")
+        check_tensor("y", y, "int", ndim=1)  # (B,) target classes
+        K = getattr(getattr(classifier, "config", None), "num_classes", None)
+        if K is not None:
+            check_range("y", y, 0, K - 1, "class labels", f"the classifier has {K} classes")
         self.model, self.classifier, self.schedule = model, classifier, schedule
         self.config = getattr(model, "config", None)
         self.y = y
@@ -101,6 +113,7 @@ class ClassifierGuidedModel(nn.Module):
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             log_p = F.log_softmax(self.classifier(x, t).float(), dim=-1)   # (B, num_classes)
+            check_range("y", self.y, 0, log_p.shape[-1] - 1, "class labels", "one per logit")
             selected = log_p[torch.arange(len(x), device=x.device), self.y.to(x.device)]  # (B,)
             return torch.autograd.grad(selected.sum(), x)[0]  # images independent: sum is fine
 

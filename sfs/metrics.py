@@ -18,7 +18,23 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from sfs.validate import check_choice, check_finite, check_int, check_tensor
+
 FEATURES = ("classifier", "inception")
+
+
+def _check_feats(name: str, feats: torch.Tensor, min_n: int = 2) -> torch.Tensor:
+    """Features must be a finite float tensor (N, D) with N >= min_n; returns them in float64."""
+    check_tensor(name, feats, "float", (None, None), "(N, D)")
+    if feats.shape[0] < min_n:
+        raise ValueError(f"{name} must have shape (N, D) with N >= {min_n}, got {tuple(feats.shape)}")
+    return check_finite(name, feats).double()
+
+
+def _check_same_d(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} and {name_b} must have the same feature dimension D, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -33,8 +49,10 @@ def extract_features(images: torch.Tensor, classifier: nn.Module | None = None,
     ``feature="inception"``: Inception-v3 pool features (D = 2048) through torchmetrics; needs
     ``torch-fidelity`` and downloads weights on first use (for readers online only).
     """
-    if feature not in FEATURES:
-        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+    check_choice("feature", feature, FEATURES)
+    check_tensor("images", images, "float", ndim=4)
+    check_finite("images", images)  # NaN samples would give NaN features and silent scores
+    batch_size = check_int("batch_size", batch_size, low=1)
     if feature == "inception":
         net = _inception()
     elif classifier is None:
@@ -66,9 +84,7 @@ def _inception() -> nn.Module:
 
 def feature_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
-    f = feats.double()
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"feats must have shape (N, D) with N >= 2, got {tuple(f.shape)}")
+    f = _check_feats("feats", feats)
     mu = f.mean(0)
     centered = f - mu                                    # (N, D)
     return mu, centered.T @ centered / (f.shape[0] - 1)  # (D,), (D, D)
@@ -88,7 +104,8 @@ def frechet_distance_from_stats(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: to
     matrix square root is computed as tr((s1^(1/2) s2 s1^(1/2))^(1/2)), the same eigenvalues but of
     a symmetric matrix, so no complex parts appear. mu: (D,), sigma: (D, D).
     """
-    mu1, mu2, s1, s2 = (a.double() for a in (mu1, mu2, sigma1, sigma2))
+    mu1, mu2, s1, s2 = (check_finite(name, check_tensor(name, a, "float")).double()
+                        for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"need mu (D,) and sigma (D, D) of the same D, got {tuple(mu1.shape)}, "
                          f"{tuple(s1.shape)}, {tuple(mu2.shape)}, {tuple(s2.shape)}")
@@ -108,16 +125,18 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 # Kernel Inception Distance.
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / D + 1)^3. x, y: (m, D).
+    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / D + 1)^3. x: (m, D), y: (n, D).
 
-    Book eq. (9.2); Binkowski et al. 2018, eq. 3 (diagonal terms left out of the within-set means).
+    Book eq. (9.2); Binkowski et al. 2018, eq. 3 (diagonal terms left out of the within-set means,
+    each set's mean over its own m (m - 1) or n (n - 1) pairs; m and n may differ).
     """
-    m, D = x.shape
+    x, y = _check_feats("x", x), _check_feats("y", y)
+    _check_same_d("x", x, "y", y)
+    (m, D), n = x.shape, y.shape[0]
     k_xx = (x @ x.T / D + 1) ** 3  # (m, m)
-    k_yy = (y @ y.T / D + 1) ** 3
-    k_xy = (x @ y.T / D + 1) ** 3
-    off = m * (m - 1)
-    return float((k_xx.sum() - k_xx.trace()) / off + (k_yy.sum() - k_yy.trace()) / off
+    k_yy = (y @ y.T / D + 1) ** 3  # (n, n)
+    k_xy = (x @ y.T / D + 1) ** 3  # (m, n)
+    return float((k_xx.sum() - k_xx.trace()) / (m * (m - 1)) + (k_yy.sum() - k_yy.trace()) / (n * (n - 1))
                  - 2 * k_xy.mean())
 
 
@@ -130,10 +149,10 @@ def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: int = 100,
     When the subsets are the whole of both sets (``subset_size >= N`` and ``>= M``) every subset
     gives the same value: the std is then NaN, not 0 (choose ``subset_size`` below N for a spread).
     """
-    a, b = feats_a.double(), feats_b.double()
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
-        raise ValueError(f"kid needs at least 2 features per set, got {len(a)} and {len(b)}")
+    a, b = _check_feats("feats_a", feats_a), _check_feats("feats_b", feats_b)
+    _check_same_d("feats_a", a, "feats_b", b)
+    num_subsets = check_int("num_subsets", num_subsets, low=1)
+    m = min(check_int("subset_size", subset_size, low=2), len(a), len(b))
     g = generator or torch.Generator().manual_seed(0)
     vals = torch.tensor([mmd2_unbiased(a[torch.randperm(len(a), generator=g)[:m]],
                                        b[torch.randperm(len(b), generator=g)[:m]])
@@ -170,10 +189,10 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     nearest neighbour. Precision: share of fake samples inside the real manifold (fidelity);
     recall: share of real samples inside the fake manifold (diversity). Features (N, D), (M, D).
     """
-    if k < 1 or k >= min(len(real_feats), len(fake_feats)):
-        raise ValueError(f"k must be in [1, min(N, M) - 1], got k={k} with N={len(real_feats)}, "
-                         f"M={len(fake_feats)}")
-    real, fake = real_feats.double(), fake_feats.double()
+    real, fake = _check_feats("real_feats", real_feats), _check_feats("fake_feats", fake_feats)
+    _check_same_d("real_feats", real, "fake_feats", fake)
+    k = check_int("k", k, 1, min(len(real), len(fake)) - 1,
+                  hint=f"the upper end is min(N, M) - 1 for N={len(real)}, M={len(fake)}")
     precision = _coverage(fake, real, _knn_radii(real, k))
     recall = _coverage(real, fake, _knn_radii(fake, k))
     return precision, recall
@@ -186,6 +205,9 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
 def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    batch_size: int = 500) -> float:
     """Share of images (N, C, H, W) the classifier assigns to the class they were sampled for (N,)."""
+    check_tensor("images", images, "float", ndim=4)
+    check_tensor("labels", labels, "int", (len(images),), "(N,)")
+    batch_size = check_int("batch_size", batch_size, low=1)
     classifier.eval()
     device = next(classifier.parameters()).device
     preds = torch.cat([classifier(images[i:i + batch_size].to(device)).argmax(1).cpu()
@@ -220,10 +242,8 @@ def real_floor(real_images: torch.Tensor, n: int, classifier: nn.Module,
     samples; with ``labels`` (N,) of ``real_images`` the class accuracy is that of the real draw.
     """
     g = generator or torch.Generator().manual_seed(0)
-    need = n if other_images is not None else 2 * n
-    if n < 2 or len(real_images) < need:
-        raise ValueError(f"n must be in [2, {len(real_images) // (1 if other_images is not None else 2)}] "
-                         f"for {len(real_images)} real images, got n={n}")
+    n = check_int("n", n, 2, len(real_images) // (1 if other_images is not None else 2),
+                  hint=f"for {len(real_images)} real images")
     perm = torch.randperm(len(real_images), generator=g)
     a = real_images[perm[:n]]
     if other_images is None:

@@ -33,6 +33,7 @@ import torch.nn as nn
 from sfs.forward import q_posterior
 from sfs.parameterizations import eps_from_x0, x0_from_eps
 from sfs.schedules import Schedule
+from sfs.validate import check_float
 
 Callback = Callable[[dict], None] | None
 SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic", "logsnr")
@@ -255,8 +256,8 @@ def ddim_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule, steps: 
     last step returns x0_hat, noise-free. eta = 0 is deterministic (the generator is never used);
     eta = 1 with steps = T is DDPM with the posterior variance. x_T: (B, ...); returns x0 (B, ...).
     """
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic, 1: DDPM-like), got {eta!r}")
+    eta = check_float("eta", eta, 0, 1, hint="0: deterministic, 1: DDPM-like; above 1, "
+                      "1 - alpha_bar_prev - sigma^2 < 0 and the images are NaN")
     check_x_T(model, x_T, cond)
     ts = timesteps(schedule, steps, spacing).tolist()
     _check_eps_timesteps(schedule, ts)

@@ -17,6 +17,7 @@ probe it alone.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,29 +25,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sfs.embeddings import timestep_embedding
+from sfs.validate import check_float, check_int, check_ints, check_range, check_tensor
+
+MAX_T = 10_000  # timesteps t in [0, MAX_T): the sinusoids' max_period, so each t is told apart
 
 
 @dataclass
 class UNetConfig:
-    """Architecture of the U-Net. The defaults: 1.6 M parameters, 3.3 MB in fp16."""
+    """Architecture of the U-Net. The defaults: 1.6 M parameters, 3.3 MB in fp16.
 
-    in_channels: int = 1  # 1 for MNIST / Fashion-MNIST
+    Checked when made and again when a ``UNet`` is built from it (``check_config``): a bad field
+    raises TypeError or ValueError naming it.
+    """
+
+    in_channels: int = 1  # 1 for MNIST / Fashion-MNIST; any count (e.g. 4 for latents)
     image_size: int = 28  # must be divisible by 2 ** (len(channel_mults) - 1)
     base_channels: int = 32  # channels at full resolution
     channel_mults: tuple[int, ...] = (1, 2, 2)  # per resolution: 28x28, 14x14, 7x7
     num_res_blocks: int = 2  # residual blocks per resolution on the way down
-    attn_resolutions: tuple[int, ...] = (7,)  # image sizes that get self-attention
+    attn_resolutions: tuple[int, ...] = (7,)  # image sizes that get self-attention (of the above)
     num_heads: int = 4  # attention heads; channels must be divisible by it
-    dropout: float = 0.1  # inside each residual block
+    dropout: float = 0.1  # inside each residual block, in [0, 1)
     norm_groups: int = 8  # GroupNorm groups; channels must be divisible by it
     num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1
     context_dim: int | None = None  # D of the text states for cross-attention (ch. 11); None: none
     cross_attn_resolutions: tuple[int, ...] = ()  # image sizes whose blocks cross-attend to the text
 
-    def __post_init__(self):  # JSON round trips give lists; keep the dataclass comparable
-        self.channel_mults = tuple(self.channel_mults)
-        self.attn_resolutions = tuple(self.attn_resolutions)
-        self.cross_attn_resolutions = tuple(self.cross_attn_resolutions)
+    def __post_init__(self):
+        check_config(self)  # also when a UNet is built: fields may be changed after this
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
@@ -54,6 +60,50 @@ class UNetConfig:
         for k in ("channel_mults", "attn_resolutions", "cross_attn_resolutions"):
             d[k] = list(getattr(self, k))
         return d
+
+
+def check_config(cfg: UNetConfig) -> UNetConfig:
+    """Check every field of ``cfg`` and how they fit together; lists become tuples. Returns ``cfg``.
+
+    Counts are ints >= 1 (bools and floats refused), channel_mults a non-empty tuple of them,
+    attn_resolutions among the net's resolutions (image_size halved at each level), every level's
+    channel count divisible by norm_groups (and by num_heads where there is attention), dropout in
+    [0, 1), num_classes None or an int >= 1. TypeError for a wrong kind, ValueError for a wrong value.
+    """
+    for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads",
+                 "norm_groups"):
+        setattr(cfg, name, check_int(name, getattr(cfg, name), low=1))
+    cfg.channel_mults = check_ints("channel_mults", cfg.channel_mults, low=1, nonempty=True)
+    cfg.attn_resolutions = check_ints("attn_resolutions", cfg.attn_resolutions, low=1)
+    cfg.cross_attn_resolutions = check_ints("cross_attn_resolutions", cfg.cross_attn_resolutions, low=1)
+    if cfg.context_dim is not None:
+        check_int("context_dim", cfg.context_dim, 1, None, "width of the text states, or None")
+    cfg.dropout = check_float("dropout", cfg.dropout, 0, 1, high_open=True)
+    if cfg.num_classes is not None:
+        cfg.num_classes = check_int("num_classes", cfg.num_classes, low=1,
+                                    hint="or None for an unconditional model")
+    levels = len(cfg.channel_mults)
+    if cfg.image_size % 2 ** (levels - 1):
+        raise ValueError(f"image_size={cfg.image_size} must be divisible by 2 ** (len(channel_mults) - 1)"
+                         f" = {2 ** (levels - 1)}: the net halves it {levels - 1} times")
+    res = tuple(cfg.image_size // 2 ** level for level in range(levels))  # (28, 14, 7) by default
+    if not set(cfg.attn_resolutions) <= set(res):
+        raise ValueError(f"attn_resolutions={cfg.attn_resolutions} must be among the resolutions of "
+                         f"this net, {res} (image_size halved at each of the {levels} levels)")
+    if not set(cfg.cross_attn_resolutions) <= set(res):
+        raise ValueError(f"cross_attn_resolutions={cfg.cross_attn_resolutions} must be among the "
+                         f"resolutions of this net, {res}")
+    if cfg.cross_attn_resolutions and cfg.context_dim is None:
+        raise ValueError("cross_attn_resolutions needs context_dim (the width of the text states)")
+    for level, mult in enumerate(cfg.channel_mults):
+        ch = mult * cfg.base_channels
+        if ch % cfg.norm_groups or cfg.base_channels % cfg.norm_groups:
+            raise ValueError(f"base_channels * channel_mults = {cfg.base_channels} * {cfg.channel_mults} "
+                             f"must all be divisible by norm_groups={cfg.norm_groups}")
+        if (res[level] in cfg.attn_resolutions or level == levels - 1) and ch % cfg.num_heads:  # + middle
+            raise ValueError(f"base_channels * channel_mults[{level}] = {ch} (attention at "
+                             f"{res[level]}x{res[level]}) must be divisible by num_heads={cfg.num_heads}")
+    return cfg
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -219,15 +269,19 @@ class UNet(nn.Module):
     """eps_hat = UNet(x_t, t, cond): (B, C, H, W), (B,) int64, (B,) int64 or None -> (B, C, H, W).
 
     Book ch. 5, sec. "The U-Net" (and ch. 8 for ``cond``). ``cond=None`` means "no class" for every
-    image, the same as passing the null label ``config.num_classes``.
+    image, the same as passing the null label ``config.num_classes``. The inputs are checked
+    (``check_inputs``): x_t a float tensor (B, in_channels, image_size, image_size); t an integer
+    tensor (B,) or a scalar (a 0-d tensor or an int) in [0, MAX_T) = [0, 10000), the code timesteps
+    of any schedule with T <= 10,000; cond None or an integer tensor (B,) in [0, num_classes]. The
+    value ranges of t and cond are read on CPU tensors only (no device sync per step on a GPU).
     """
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
-        self.config = cfg = config or UNetConfig()
-        if cfg.image_size % 2 ** (len(cfg.channel_mults) - 1):
-            raise ValueError(f"image_size={cfg.image_size} cannot be halved "
-                             f"{len(cfg.channel_mults) - 1} times")
+        if config is not None and not isinstance(config, UNetConfig):
+            hint = ": use UNetConfig(**d)" if isinstance(config, dict) else ""
+            raise TypeError(f"config must be a UNetConfig or None, got {type(config).__name__}{hint}")
+        self.config = cfg = check_config(config or UNetConfig())  # again: fields may have been set
         ch, emb_dim, g = cfg.base_channels, 4 * cfg.base_channels, cfg.norm_groups
         self.time_embed = TimeEmbedding(ch, emb_dim)
         # num_classes + 1 rows: the last one is the learned "no class" embedding for CFG.
@@ -274,30 +328,53 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # a fresh model predicts eps_hat = 0
         nn.init.zeros_(self.conv_out.bias)
 
+    def check_cond(self, cond, batch_size: int) -> None:
+        """cond must be None or an integer tensor (B,) of labels in [0, num_classes]
+        (num_classes: the null label), and only a conditional model takes labels."""
+        if cond is None:
+            return
+        if self.class_embed is None:
+            raise ValueError("cond must be None: this UNet is unconditional (num_classes=None)")
+        K = self.config.num_classes
+        check_tensor("cond", cond, "int", (batch_size,), "(B,)")
+        check_range("cond", cond, 0, K, "labels", f"num_classes = {K}: the null label, no class")
+
+    def check_inputs(self, x_t, t) -> torch.Tensor:
+        """Check x_t and t (see the class docstring; ``embed`` checks cond); returns t as (B,)."""
+        C, S = self.config.in_channels, self.config.image_size
+        check_tensor("x_t", x_t, "float", (None, C, S, S), "(B, in_channels, image_size, image_size)")
+        B = x_t.shape[0]
+        hint = f"code timesteps of any schedule with T <= {MAX_T}"
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):  # one t for the whole batch
+            return torch.full((B,), check_int("t", t, 0, MAX_T - 1, hint), device=x_t.device)
+        check_tensor("t", t, "int")
+        if t.ndim:  # a 0-d t is used for the whole batch
+            check_tensor("t", t, "int", (B,), "(B,)")
+        check_range("t", t, 0, MAX_T - 1, "timesteps", hint)
+        return t.expand(B) if t.ndim == 0 else t
+
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Time plus class embedding: (B,), (B,) or None -> (B, 4 * base_channels).
 
         Book ch. 8, sec. "Classifier-free guidance".
         """
+        self.check_cond(cond, t.shape[0])
         emb = self.time_embed(t)
-        if cond is not None and self.class_embed is None:
-            raise ValueError("this UNet is unconditional (num_classes=None) but got cond")
         if self.class_embed is not None:
             if cond is None:  # no label: every image gets the null entry
                 cond = torch.full_like(t, self.config.num_classes)
             emb = emb + self.class_embed(cond)
         return emb
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, cond=None) -> torch.Tensor:
         """cond: labels (B,) for a class-conditional net, a ``TextContext`` (states (B, L, D),
         mask (B, L)) for a text-conditional one (``context_dim`` set), None for no condition."""
-        if t.ndim == 0:
-            t = t.expand(x_t.shape[0])
+        t = self.check_inputs(x_t, t)
         context = None
         if self.config.context_dim is not None:
-            if cond is None:
-                raise ValueError("this UNet cross-attends to text (context_dim is set): cond must be "
-                                 "a TextContext; for 'no prompt' encode the empty prompt")
+            if cond is None or not (isinstance(cond, tuple) and len(cond) == 2):
+                raise TypeError("cond must be a TextContext (states, mask): this UNet cross-attends "
+                                "to text (context_dim is set); for 'no prompt' encode the empty prompt")
             context, cond = cond, None
         emb = self.embed(t, cond)  # (B, emb_dim)
 

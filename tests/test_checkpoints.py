@@ -12,7 +12,7 @@ from sfs.checkpoints import (CheckpointError, latest_training_state, load_model,
 from sfs.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2,
-                  num_classes=10)
+                  attn_resolutions=(), num_classes=10)
 
 
 

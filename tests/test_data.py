@@ -109,13 +109,13 @@ def test_image_label_count_mismatch(tmp_path):
 
 
 def test_unknown_names_list_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown data set name='cifar10'.*fashion-mnist.*mnist"):
+    with pytest.raises(ValueError, match=r"name \(the data set\) must be one of .*fashion-mnist.*mnist.*'cifar10'"):
         data.load_dataset("cifar10")
     with pytest.raises(ValueError, match="split must be one of"):
         data.load_dataset("mnist", split="validation")
-    with pytest.raises(ValueError, match=r"known toys: \['checkerboard'"):
+    with pytest.raises(ValueError, match=r"name \(the toy\) must be one of \('checkerboard'"):
         data.make_toy("spiral", 10)
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         data.make_toy("two_moons", 0)
 
 
@@ -135,10 +135,15 @@ def test_bundled_samples_are_small():
     assert total < 2_000_000, total
 
 
-def test_load_falls_back_to_sample(monkeypatch, tmp_path):
+def test_load_falls_back_to_sample_only_without_a_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    ds = data.load("mnist", "test", data_dir=tmp_path)
+    ds = data.load("mnist", "test")
     assert len(ds) == data.SAMPLE_SIZE
+    # A folder given explicitly must hold the data: no silent 1,000-image stand-in for it.
+    with pytest.raises(FileNotFoundError, match="mnist test files not found"):
+        data.load("mnist", "test", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="the folder .*no-such-folder does not exist"):
+        data.load("mnist", "train", data_dir=tmp_path / "no-such-folder")
 
 
 def test_uint8_round_trip():

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sfs.metrics as metrics
 from sfs.classifier import Classifier, ClassifierConfig
@@ -83,7 +85,7 @@ def test_precision_recall():
     # Mode dropping: fakes from half of the real data keep precision high, lose recall.
     p_half, r_half = precision_recall(f, f[f[:, 0] > 0], k=3)
     assert p_half > 0.9 and r_half < 0.75
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match="k must be an int in"):
         precision_recall(f, f[:3], k=3)
 
 
@@ -107,7 +109,7 @@ def test_evaluate_and_real_floor_default_path_never_touches_inception(monkeypatc
     assert floor["n_real"] == floor["n_fake"] == 60
     assert evaluate(real[:60], real[:60], clf, kid_subsets=2, kid_subset_size=50)["fd"] < 1e-6
     assert "torch_fidelity" not in sys.modules
-    with pytest.raises(ValueError, match="n must be in"):
+    with pytest.raises(ValueError, match="n must be an int in"):
         real_floor(real, 61, clf)
     with pytest.raises(ValueError, match="feature must be one of"):
         extract_features(real, clf, feature="clip")
@@ -119,3 +121,20 @@ def test_kid_std_is_nan_when_every_subset_is_the_whole_set():
     assert math.isnan(std_whole) and abs(mean_whole - mmd2_unbiased(a, b)) < 1e-8 * abs(mean_whole) + 1e-9
     mean_half, std_half = kid(a, b, 50, 50)
     assert std_half > 0 and abs(mean_half - mean_whole) < 4 * std_half
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.integers(2, 9), st.integers(2, 9), st.integers(1, 4), st.integers(0, 2**16))
+def test_unbiased_mmd_matches_the_pairwise_sums_for_sets_of_any_sizes(m, n, D, seed):
+    """Book eq. (9.2) written out pair by pair: each set's within-set mean is over its own
+    m (m - 1) or n (n - 1) ordered pairs, the cross term over m n. Sizes m != n included."""
+    x, y = gaussian_feats(m, D, seed=seed), gaussian_feats(n, D, shift=0.3, seed=seed + 1)
+
+    def k(a, b):
+        return float((a @ b / D + 1) ** 3)
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    assert mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-9, abs=1e-9)
+    assert mmd2_unbiased(x, y) == pytest.approx(mmd2_unbiased(y, x), rel=1e-12, abs=1e-12)

@@ -12,7 +12,7 @@ from sfs.data import load_sample
 from sfs.train import TrainConfig, batch_indices, ema_update, lr_at, train
 from sfs.unet import UNet, UNetConfig
 
-TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2)
+TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, attn_resolutions=())
 
 
 
@@ -116,7 +116,7 @@ def test_cli_trains_exports_and_the_export_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(sfs.train, "load_dataset", lambda *a, **k: small)
     models = tmp_path / "models"
     main(["train", "--data", "mnist", "--steps", "2", "--batch-size", "8", "--base-channels", "8",
-          "--channel-mults", "1,2", "--num-res-blocks", "1", "--num-heads", "2",
+          "--channel-mults", "1,2", "--attn-resolutions", "", "--num-res-blocks", "1", "--num-heads", "2",
           "--sample-every", "2", "--sample-n", "4", "--sample-steps", "2", "--device", "cpu",
           "--out", str(tmp_path / "run"), "--export", "tiny", "--models-dir", str(models),
           "--no-progress"])

@@ -133,3 +133,28 @@ def test_default_config_is_small():
     n = count_params(UNet(UNetConfig()))
     assert 1_000_000 <= n <= 3_000_000, n
     assert UNet(UNetConfig(num_classes=10)).class_embed is not None
+
+
+@pytest.mark.parametrize("channels, size, mults, attn", [(3, 48, (1, 2, 2), (12,)), (4, 12, (1, 2, 2), (3,))])
+def test_capstone_shapes_rgb_48_and_latent_12(channels, size, mults, attn):
+    """The capstone's pixel model (3 x 48 x 48) and latent model (4 x 12 x 12): any channel count and
+    any image size the levels divide; attention at a resolution the net has."""
+    cfg = UNetConfig(in_channels=channels, image_size=size, base_channels=8, channel_mults=mults,
+                     num_res_blocks=1, attn_resolutions=attn, num_heads=2, num_classes=10)
+    model = UNet(cfg).eval()
+    _randomize_zero_inits(model)
+    x_t = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        out = model(x_t, torch.tensor([3, 700]), torch.tensor([1, 10]))
+    assert out.shape == x_t.shape and torch.isfinite(out).all() and out.abs().sum() > 0
+    with pytest.raises(ValueError, match=rf"x_t must be .*= \(\*, {channels}, {size}, {size}\)"):
+        model(torch.randn(2, channels, 28, 28), torch.tensor([3, 700]))
+    with pytest.raises(ValueError, match=r"attn_resolutions=\(7,\) must be among the resolutions"):
+        UNetConfig(in_channels=channels, image_size=size, channel_mults=mults, attn_resolutions=(7,))
+
+
+def test_config_changed_after_construction_is_checked_again():
+    cfg = UNetConfig(**TINY)
+    cfg.num_classes = 0  # what train() does (with the data set's class count), but wrong
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+        UNet(cfg)
