@@ -15,12 +15,14 @@ import torch
 
 def add_args(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m sfs generate``."""
+    from sfs.validate import float_arg, int_arg
     p.add_argument("prompt", help='e.g. "a red 3 left of a blue 7"')
     p.add_argument("--out", default="image.png", help="PNG file to write")
-    p.add_argument("--n", type=int, default=4, help="images for the prompt")
-    p.add_argument("--steps", type=int, default=20, help="DPM-Solver++(2M) steps")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance w")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int_arg(1, 64), default=4, help="images for the prompt")
+    p.add_argument("--steps", type=int_arg(1, 1000), default=20, help="DPM-Solver++(2M) steps")
+    p.add_argument("--guidance-scale", type=float_arg(0, 100), default=3.0,
+                   help="classifier-free guidance w")
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument("--model", default="tiny-sd", help="text-to-image model name or path")
     p.add_argument("--autoencoder", default=None,
                    help="autoencoder name or path (default: the one named in the model's card)")
@@ -34,12 +36,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
     if not args.prompt.strip():
         parser.error("the prompt is empty: say what to draw, e.g. \"a red 3 left of a blue 7\"")
-    if args.n < 1 or args.n > 64:
-        parser.error(f"--n must be in [1, 64], got {args.n}")
-    if args.steps < 1 or args.steps > 1000:
-        parser.error(f"--steps must be in [1, 1000], got {args.steps}")
-    if not (args.guidance_scale == args.guidance_scale and 0 <= args.guidance_scale <= 100):
-        parser.error(f"--guidance-scale must be in [0, 100], got {args.guidance_scale}")
     model, card = load_model(args.model, kind="text2image")
     try:
         model.tokenizer.encode(args.prompt)

@@ -173,27 +173,29 @@ def _env_data() -> bool:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from sfs.validate import (fraction, fraction_below_one, nonnegative_float, nonnegative_int,
+                              plain_name, positive_float, positive_int, positive_ints)
     """The options of ``python -m sfs train-autoencoder``."""
     d, m = AutoencoderTrainConfig(), AutoencoderConfig()
     p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--n-canvases", type=int, default=d.n_canvases)
-    p.add_argument("--canvas-seed", type=int, default=d.canvas_seed)
-    p.add_argument("--beta", type=float, default=d.beta)
-    p.add_argument("--base-channels", type=int, default=m.base_channels)
-    p.add_argument("--channel-mults", type=lambda s: tuple(int(v) for v in s.split(",")),
-                   default=m.channel_mults)
-    p.add_argument("--num-res-blocks", type=int, default=m.num_res_blocks)
-    p.add_argument("--latent-channels", type=int, default=m.latent_channels)
-    for name in ("steps", "batch_size", "warmup_steps", "seed", "ckpt_every", "sample_every",
-                 "log_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip", "ema_decay"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--n-canvases", type=positive_int, default=d.n_canvases)
+    p.add_argument("--canvas-seed", type=nonnegative_int, default=d.canvas_seed)
+    p.add_argument("--beta", type=nonnegative_float, default=d.beta)
+    p.add_argument("--base-channels", type=positive_int, default=m.base_channels)
+    p.add_argument("--channel-mults", type=positive_ints, default=m.channel_mults)
+    p.add_argument("--num-res-blocks", type=positive_int, default=m.num_res_blocks)
+    p.add_argument("--latent-channels", type=positive_int, default=m.latent_channels)
+    types = {"steps": positive_int, "batch_size": positive_int, "warmup_steps": nonnegative_int,
+             "seed": nonnegative_int, "ckpt_every": positive_int, "sample_every": nonnegative_int,
+             "log_every": positive_int, "lr": positive_float, "weight_decay": nonnegative_float,
+             "grad_clip": positive_float, "ema_decay": fraction_below_one}
+    for name, kind in types.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+    p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default=d.out)
-    p.add_argument("--export", default=None, metavar="NAME")
+    p.add_argument("--export", type=plain_name, default=None, metavar="NAME")
     p.add_argument("--models-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
 

@@ -184,21 +184,26 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from sfs.validate import (fraction, fraction_below_one, nonnegative_float, nonnegative_int,
+                              plain_name, positive_float, positive_int, positive_ints)
     """The options of ``python -m sfs train-text2image``."""
     d = TextToImageTrainConfig()
     p.add_argument("--autoencoder", default=d.autoencoder)
     p.add_argument("--data-dir", default=d.data_dir)
-    for name in ("n_canvases", "canvas_seed", "steps", "batch_size", "warmup_steps", "seed",
-                 "ckpt_every", "sample_every", "log_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("prompt_dropout", "lr", "weight_decay", "grad_clip", "ema_decay", "guidance_scale"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--base-channels", type=int, default=d.model.unet.base_channels)
-    p.add_argument("--minutes", type=float, default=None)
+    types = {"n_canvases": positive_int, "canvas_seed": nonnegative_int, "steps": positive_int,
+             "batch_size": positive_int, "warmup_steps": nonnegative_int, "seed": nonnegative_int,
+             "ckpt_every": positive_int, "sample_every": nonnegative_int, "log_every": positive_int,
+             "prompt_dropout": fraction, "lr": positive_float, "weight_decay": nonnegative_float,
+             "grad_clip": positive_float, "ema_decay": fraction_below_one,
+             "guidance_scale": nonnegative_float}
+    for name, kind in types.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+    p.add_argument("--base-channels", type=positive_int, default=d.model.unet.base_channels)
+    p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default=d.out)
-    p.add_argument("--export", default=None, metavar="NAME")
+    p.add_argument("--export", type=plain_name, default=None, metavar="NAME")
     p.add_argument("--models-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
 
