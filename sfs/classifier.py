@@ -86,7 +86,7 @@ class Classifier(nn.Module):
 class NoisyClassifier(nn.Module):
     """Noise-aware CNN for classifier guidance: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, 10).
 
-    The time embedding (book eq. for ``timestep_embedding``; Ho et al. 2020, app. B) is projected to
+    The time embedding (``timestep_embedding``, book eq. (5.1)) is projected to
     a per-channel bias added after every conv block, as in the U-Net's residual blocks. GroupNorm
     (not BatchNorm), so that a batch's statistics do not mix noise levels.
     """

@@ -99,8 +99,11 @@ def _to_eps_x0(schedule: Schedule, target: str, out: torch.Tensor, x_t: torch.Te
 def _ddim_grid(model: nn.Module, schedule: Schedule, n: int, cond: torch.Tensor | None,
                steps: int = 50, guidance_scale: float = 1.0, target: str = "eps",
                seed: int = 0, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0, Song et al. 2021, eq. 12) for the training-time grids only;
-    the samplers of the book live in ``sfs.samplers``. Returns (n, *image_shape) in [-1, 1]."""
+    """Deterministic DDIM (eta = 0, Song et al. 2021, eq. 12; book eq. (7.2)) for the training-time
+    grids only; the samplers of the book live in ``sfs.samplers``. The ``steps`` code timesteps are
+    linspace(T - 1, 0).round(), so the first is t = T - 1 (book step T), and x0_hat is clipped to
+    [-1, 1] at every step (without it an eps-model diverges from t = T on the cosine schedule, book
+    ch. 7, sec. "Which timesteps?"). Returns (n, *image_shape) in [-1, 1]."""
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
     x_t = torch.randn(n, *image_shape, generator=g, device=device)
@@ -238,7 +241,7 @@ def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageD
         "wall_time_s": round(wall_time, 1), "machine": machine_name(device),
         "torch": torch.__version__, "command": cfg.command or f"sfs.train.train({cfg!r})",
         "git_commit": git_commit(),
-        "sampler": f"DDIM, {cfg.sample_steps} steps, eta 0"
+        "sampler": f"DDIM, {cfg.sample_steps} steps from t = T (linspace), eta 0, x0_hat clipped to [-1, 1]"
                    + (f", CFG scale {cfg.guidance_scale}" if cfg.conditional else ""),
     }
     ema_cpu = copy.deepcopy(ema).float().to("cpu", memory_format=torch.contiguous_format)
