@@ -1,6 +1,6 @@
 """``python -m sfs generate "a red 3 left of a blue 7" --out image.png``: the pipeline from the shell.
 
-Book ch. 12, sec. "The pipeline". Loads the shipped text-to-image model and autoencoder (verified
+``sfs.text2image.generate`` from the shell. Loads the shipped text-to-image model and autoencoder (verified
 against their cards), draws ``--n`` images per prompt and writes one PNG grid. A prompt the model
 cannot read (empty, too long, unknown words) ends with a one-line message, not a traceback.
 """

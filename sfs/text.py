@@ -1,13 +1,13 @@
 """Text in: a word-level tokenizer and a small transformer text encoder, trained from scratch.
 
-Book ch. 11, sec. "Tokens". Stable Diffusion reads prompts with CLIP's byte-pair encoding, which
+Text conditioning (the book's chapter 11, to come). Stable Diffusion reads prompts with CLIP's byte-pair encoding, which
 splits any string into sub-word pieces from a 49,408-entry vocabulary learned on the web; our
 captions come from a small grammar (``sfs.canvas``), so a vocabulary of its words is enough, and a
 word outside it is an error (or ``<unk>``, if asked) instead of a silent guess:
 
     "a red 3 left of a blue 7" -> [<bos>, a, red, 3, left, of, a, blue, 7, <eos>, <pad>, ...]
 
-The encoder (book ch. 11, sec. "The text encoder") embeds tokens, adds learned position
+The encoder embeds tokens, adds learned position
 embeddings and runs pre-norm transformer blocks (Vaswani et al. 2017) whose self-attention skips
 the padding; it returns per-token states (B, L, D) and the padding mask (B, L), which the U-Net's
 cross-attention reads. The empty prompt "" is [<bos>, <eos>]: the "no prompt" of classifier-free
@@ -128,7 +128,7 @@ class TextEncoderConfig:
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: x + MHA(LN(x), mask), then x + MLP(LN(x)). (B, L, D) -> (B, L, D).
 
-    Book ch. 11, sec. "The text encoder"; the attention is book eq. (5.4)'s, over tokens.
+    Vaswani et al. 2017 (pre-norm as in GPT-2); the attention of book ch. 5, sec. "Self-attention", over tokens.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -148,7 +148,7 @@ class TransformerBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids (B, L) int64 -> TextContext(states (B, L, D), mask (B, L)). Book ch. 11, sec. "The text encoder"."""
+    """ids (B, L) int64 -> TextContext(states (B, L, D), mask (B, L)): token and position embeddings, blocks, a final LayerNorm."""
 
     def __init__(self, config: TextEncoderConfig):
         super().__init__()

@@ -1,6 +1,6 @@
 """The tiny Stable Diffusion: a text encoder and a U-Net that cross-attends to it, in latent space.
 
-Book ch. 12, sec. "The pipeline". The model keeps the contract of every sfs model,
+The tiny Stable Diffusion (the book's chapter 12, to come). The model keeps the contract of every sfs model,
 ``eps_hat = model(z_t, t, ids)``, where ``ids`` (B, L) are the tokenised prompts; the text
 encoder runs inside, so every sampler and the guidance wrapper work unchanged. Its "no prompt" is
 the empty prompt ``null_cond`` (for classifier-free guidance, book eq. (8.2)). ``generate`` is the
@@ -63,7 +63,7 @@ class TextToImageConfig:
 class TextToImage(nn.Module):
     """eps_hat = model(z_t, t, ids): (B, 4, h, w), (B,) int64, (B, L) int64 -> (B, 4, h, w).
 
-    Book ch. 12, sec. "The pipeline". ``ids=None`` means the empty prompt for every image.
+    ``ids=None`` means the empty prompt for every image.
     """
 
     def __init__(self, config: TextToImageConfig | None = None):
@@ -100,7 +100,7 @@ def generate(prompts: str | list[str], model: TextToImage, autoencoder: nn.Modul
              callback=None) -> torch.Tensor:
     """Draw images for prompts: (len(prompts) * n_per_prompt, 3, H, W) in [-1, 1].
 
-    Book ch. 12, sec. "The pipeline": tokens, the guided model (``CFGModel`` on prompts), DPM-Solver++(2M)
+    The pipeline of Rombach et al. 2022, fig. 3: tokens, the guided model (``CFGModel`` on prompts), DPM-Solver++(2M)
     from Gaussian latents, then the autoencoder's decoder. callback(i, t, z_t, z0_hat) as the samplers'.
     """
     from sfs.guidance import CFGModel
