@@ -18,8 +18,9 @@ Book chapter 7 ("Sampling"). Every sampler is a plain function with one visible 
 Timesteps are code indices 0..T-1 (book step t = code t + 1, see ``sfs.schedules``). The last step of
 every sampler adds no noise: it returns the model's final x0_hat.
 
-Notation: alpha_bar_t -> ``alpha_bar``; in the ODE solver, alpha_t = sqrt(alpha_bar_t) (signal scale),
-sigma_t = sqrt(1 - alpha_bar_t) (noise scale) and lambda_t = log(alpha_t / sigma_t) (half log-SNR).
+Notation (book/notation.md): alpha_bar_t -> ``alpha_bar``; in the ODE solver a_t = sqrt(alpha_bar_t)
+(signal scale), b_t = sqrt(1 - alpha_bar_t) (noise scale) and ell_t = log(a_t / b_t), the half
+log-SNR (Lu et al.'s lambda_t); lambda_t itself is the log-SNR, and sigma_t the reverse-step std.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from sfs.validate import check_float
 
 Callback = Callable[[dict], None] | None
 SPACINGS = ("uniform", "trailing", "quadratic", "time_quadratic", "logsnr")
-LOG_SNR_MIN = -10.0  # "logsnr" spacing starts here: sqrt(alpha_bar) ~ 0.0067, x_T ~ N(0, I) is 99.998 % noise
+LOG_SNR_MIN = -10.0  # "logsnr" spacing starts here: alpha_bar = 4.5e-5, x_T ~ N(0, I) is 99.995 % noise
+# (on the cosine schedule the grid's real start is code t = 994, log SNR -9.71: 99.994 % noise)
 VARIANCES = ("beta", "posterior")
 
 
@@ -217,7 +219,7 @@ def logsnr_timesteps(schedule: Schedule, steps: int, log_snr_min: float = LOG_SN
     For the linear schedule lambda_{T-1} = -10.1, so the grid starts at t = T - 7 or so.
     """
     ab = schedule.alpha_bar.double().cpu()
-    lam = ab.log() - (1 - ab).log()                                  # (T,), decreasing in t
+    lam = ab.log() - (1 - ab).log()                                  # lambda_t = log SNR (T,), decreasing in t
     if not math.isfinite(log_snr_min) or log_snr_min >= lam[0]:
         raise ValueError(f"log_snr_min must be a finite number below log SNR(0) = {lam[0]:.2f}, "
                          f"got {log_snr_min!r}")
@@ -287,18 +289,19 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """DPM-Solver++(2M): ``steps`` model evaluations, deterministic.
 
-    Book eqs. (7.4)-(7.5); Lu et al. 2022 ("DPM-Solver++"), Alg. 2. With alpha = sqrt(alpha_bar),
-    sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma) and h = lambda_next - lambda_t, one step
-    integrates the probability-flow ODE exactly in its linear part (an exponential integrator):
+    Book eqs. (7.4)-(7.5); Lu et al. 2022 ("DPM-Solver++"), Alg. 2. With a = sqrt(alpha_bar),
+    b = sqrt(1 - alpha_bar), ell = log(a / b) (half log-SNR, Lu et al.'s lambda) and
+    h = ell_next - ell_t, one step integrates the probability-flow ODE exactly in its linear part
+    (an exponential integrator):
 
-        x_next = (sigma_next / sigma_t) x_t - alpha_next (exp(-h) - 1) D,
+        x_next = (b_next / b_t) x_t - a_next (exp(-h) - 1) D,
 
     where D = x0_hat (first step) or D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev, r = h_prev / h:
-    the data prediction extrapolated linearly in lambda from the previous step (second order).
+    the data prediction extrapolated linearly in ell from the previous step (second order).
     Timesteps: ``timesteps(schedule, steps, spacing)``. The default "logsnr" spaces them evenly in
-    lambda, the variable the solver steps in, from log SNR = -10 (code t = 994 for the cosine
+    ell, the variable the solver steps in, from log SNR = -10 (code t = 994 for the cosine
     schedule, T = 1000) down to t = 0; there the last model evaluation returns its x0_hat, a final
-    first-order step to alpha_bar = 1 (sigma = 0, where x_next = D = x0_hat): the official DPM-Solver
+    first-order step to alpha_bar = 1 (b = 0, where x_next = D = x0_hat): the official DPM-Solver
     code's ``denoise_to_zero``. (Its ``lower_order_final``, first-order solver steps at the end of
     short runs, is a different option, not used here: every step from the second one down to t = 0
     is second order.) Starting at t = T - 1 instead (e.g. ``spacing="time_quadratic"``) divides by
@@ -312,17 +315,17 @@ def dpm_solver_2m_sample(model: nn.Module, x_T: torch.Tensor, schedule: Schedule
     ts = timesteps(schedule, steps, spacing).tolist()
     _check_eps_timesteps(schedule, ts)
     alpha_bar = schedule.alpha_bar.double().cpu()  # (T,); scalars per step, no device syncs
-    lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # lambda_t (T,)
+    ell = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # ell_t = lambda_t / 2, half log-SNR (T,)
     x_t, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(ts):
         _, x0_hat = _denoise(model, schedule, x_t, _batch_t(t, x_t), cond, clip_x0)
         if callback is not None:
             callback(dict(i=i, t=t, x_t=x_t, x0_hat=x0_hat))
-        if i + 1 == len(ts):  # last step to lambda = +inf (sigma = 0): x_next = x0_hat exactly
+        if i + 1 == len(ts):  # last step to ell = +inf (b = 0): x_next = x0_hat exactly
             x_t = x0_hat
             break
         s = ts[i + 1]
-        h = (lam[s] - lam[t]).item()
+        h = (ell[s] - ell[t]).item()
         if x0_prev is None:
             D = x0_hat
         else:

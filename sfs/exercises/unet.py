@@ -55,13 +55,15 @@ timestep_embedding = Exercise(
     broadcast_hint=None, rtol=1e-4, atol=2e-4,
     mistakes=[
         Mistake(lambda t, dim: _emb(t, dim, swap=True),
-                "sin and cos are swapped: the first half of the features is cos(t w_k), the second sin(t w_k)."),
+                "sin and cos are swapped: that is DDPM's original layout (sin first), a valid embedding, "
+                "but eq. (5.1) asks for the cosines first, then the sines."),
         Mistake(lambda t, dim: _emb(t, dim, interleave=True),
                 "you interleaved cos and sin (cos, sin, cos, sin, ...); concatenate them instead: "
                 "all the cosines first, then all the sines."),
         Mistake(lambda t, dim: _emb(t, dim, denom_minus_one=True),
-                "the exponent is -k / (dim/2), not -k / (dim/2 - 1): the lowest frequency is "
-                "10000^(-(dim/2 - 1)/(dim/2)), just above 1/10000."),
+                "you used DDPM's frequencies, exponent -k / (dim/2 - 1): a valid embedding, but eq. (5.1) "
+                "asks for -k / (dim/2), whose lowest frequency is 10000^(-(dim/2 - 1)/(dim/2)), just "
+                "above 1/10000."),
         Mistake(lambda t, dim: _emb(t, dim, scale_t=1 / 1000),
                 "you rescaled t (t / T?): the embedding takes the integer timestep itself, so that "
                 "neighbouring steps differ at the highest frequency (1 radian per step)."),
