@@ -55,6 +55,8 @@ class CFGModel(nn.Module):
         self.model = model
         self.w = _check_scale("w (the guidance scale)", w)
         self.config = getattr(model, "config", None)  # so samplers can check x_T's shape
+        if hasattr(model, "check_cond"):  # so samplers check cond as the wrapped model would
+            self.check_cond = model.check_cond
         self.null_cond = getattr(model, "null_cond", None)  # text models: the empty prompt
         if self.null_cond is not None:
             self.null_label = None
