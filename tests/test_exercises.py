@@ -112,12 +112,17 @@ def test_correct_implementations_pass(ex, fn):
     assert r.message.startswith("Correct")
 
 
+# Chapters whose checkers are tested, to the same standard, in a file of their own
+# (tests/test_exercises_<chapter>.py); the counts below cover the lists of this file.
+OWN_FILE = {"latent_space"}
+
+
 def test_every_exercise_has_two_correct_implementations():
     counts = {}
     for ex, _ in CORRECT:
         counts[ex.name] = counts.get(ex.name, 0) + 1
-    for _, ex in all_exercises():
-        assert counts.get(ex.name, 0) >= 2, ex.name
+    for ch, ex in all_exercises():
+        assert ch in OWN_FILE or counts.get(ex.name, 0) >= 2, ex.name
 
 
 # -- wrong implementations: (exercise, fn, phrase the hint must contain) ---------------------------
@@ -266,15 +271,16 @@ def test_every_exercise_has_three_wrong_implementations():
     counts = {}
     for ex, _, _ in WRONG:
         counts[ex.name] = counts.get(ex.name, 0) + 1
-    for _, ex in all_exercises():
-        assert counts.get(ex.name, 0) >= 3, ex.name
+    for ch, ex in all_exercises():
+        assert ch in OWN_FILE or counts.get(ex.name, 0) >= 3, ex.name
 
 
 def test_at_least_two_exercises_per_chapter():
+    from sfs.exercises import CHAPTERS
     per = {}
     for ch, _ in all_exercises():
         per[ch] = per.get(ch, 0) + 1
-    assert len(per) == 9 and min(per.values()) >= 2, per
+    assert len(per) == len(CHAPTERS) and min(per.values()) >= 2, per
 
 
 @pytest.mark.parametrize("ch, ex", all_exercises(), ids=[e.name for _, e in all_exercises()])

@@ -29,6 +29,7 @@ Exercises by chapter (module: exercises):
 - ``sampling``: ddim_step, ddim_sigma
 - ``guidance``: cfg, classifier_guided_eps
 - ``evaluation``: gaussian_stats, frechet_distance
+- ``latent_space``: gaussian_kl_to_standard, latent_scale_factor
 
 ``all_exercises()`` lists every exercise with its chapter; the grading core is ``sfs.exercises.core``.
 """
@@ -40,7 +41,7 @@ from importlib import import_module
 from sfs.exercises.core import Exercise, Result
 
 CHAPTERS = ("forward_process", "schedules", "elbo", "parameterizations", "unet", "training",
-            "sampling", "guidance", "evaluation")
+            "sampling", "guidance", "evaluation", "latent_space")
 
 
 def all_exercises() -> list[tuple[str, Exercise]]:
