@@ -103,16 +103,19 @@ def _merge_overlapping(masks: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def object_crops(image: torch.Tensor, objects: list[dict]) -> torch.Tensor:
-    """The classifier's input for each object: its intensity (brightest channel) inside its box,
-    on black, scaled so that the longer side is CROP - 8 and centred in CROP x CROP.
+    """The classifier's input for each object: the intensity (brightest channel) inside its box
+    grown by one pixel, scaled so that the longer side is CROP - 8 and centred on a black
+    CROP x CROP square.
 
     image (3, H, W) in [-1, 1] -> (K, 1, CROP, CROP) in [-1, 1].
     """
     v = ((image.float() + 1) / 2).clamp(0, 1).amax(0)  # (H, W)
+    H, W = v.shape
     crops = []
     for obj in objects:
-        x0, y0, x1, y1 = obj["box"]
-        patch = (v * obj["mask"])[y0:y1, x0:x1]
+        x0, y0, x1, y1 = obj["box"]  # one pixel more on each side keeps the faint, antialiased edge
+        x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, W), min(y1 + 1, H)
+        patch = v[y0:y1, x0:x1]  # other objects are at least GAP pixels away from the box
         h, w = patch.shape
         side = CROP - 8
         s = side / max(h, w)
