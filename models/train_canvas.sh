@@ -8,5 +8,5 @@ set -euo pipefail
 PY=${PY:-python3}
 $PY -m sfs train-autoencoder --minutes 60 --steps 100000 --threads 1 \
     --out runs/canvas-autoencoder --export canvas-autoencoder --no-progress
-$PY -m sfs.classifier --data canvas-objects --n-canvases 60000 --epochs 4 --width 16 \
+$PY -m sfs.classifier --data canvas-objects --n-canvases 60000 --epochs 4 --width 24 \
     --out models/canvas-object-classifier
