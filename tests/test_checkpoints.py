@@ -253,7 +253,7 @@ def test_the_same_weights_give_the_same_bytes_in_every_process(tmp_path):
     """The metadata is one key, so no hash-map order can differ between processes."""
     code = ("import sys, torch; from sfs.checkpoints import save_checkpoint; "
             "from sfs.unet import UNet, UNetConfig; torch.manual_seed(0); "
-            "c = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2); "
+            "c = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, attn_resolutions=()); "
             "print(save_checkpoint(sys.argv[1], UNet(c), c, {})['file_sha256'])")
     digests = {subprocess.run([sys.executable, "-c", code, str(tmp_path / f"m{i}.safetensors")],
                               capture_output=True, text=True, check=True).stdout.strip()
