@@ -24,6 +24,7 @@ scenes that contain at least one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,7 +204,7 @@ _SOURCES: dict = {}
 
 
 def _cached_sources(split: str, data_dir) -> _Sources:
-    key = (split, str(data_dir) if data_dir else None, data.os.environ.get(data.ENV_VAR))
+    key = (split, str(data_dir) if data_dir else None, os.environ.get(data.ENV_VAR))
     if key not in _SOURCES:
         _SOURCES[key] = _sources(split, data_dir)
     return _SOURCES[key]

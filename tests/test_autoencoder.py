@@ -61,12 +61,10 @@ def test_loss_is_l1_plus_beta_kl_per_value():
     torch.manual_seed(0)
     ae = Autoencoder(TINY)
     x = torch.rand(2, 3, 48, 48) * 2 - 1
-    g = torch.Generator().manual_seed(1)
     loss0, parts = autoencoder_loss(ae, x, 0.0, torch.Generator().manual_seed(1))
     loss1, parts1 = autoencoder_loss(ae, x, 10.0, torch.Generator().manual_seed(1))
     assert torch.allclose(loss0, parts["rec"]) and parts["kl"] > 0
     assert torch.allclose(loss1, parts1["rec"] + 10.0 * parts1["kl"])
-    del g
 
 
 @pytest.mark.parametrize("kwargs, name", [
