@@ -129,6 +129,9 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
         return simple_loss(out.float(), z0, eps, t, schedule), None
 
     def on_sample(step, ema):
+        # an EMA snapshot per sample grid: prompt accuracy against training steps (issue 12, sec. 5)
+        save_checkpoint(run_dir / "snapshots" / f"ema-{step:07d}.safetensors", ema, ema.config,
+                        {"steps": step, "command": cfg.command})
         from sfs.train import save_grid
         imgs = generate(SAMPLE_PROMPTS, ema, ae.to(device), cfg.guidance_scale, 20, cfg.seed, 4)
         save_grid(imgs, run_dir / "samples" / f"step-{step:07d}.png", nrow=8)

@@ -163,7 +163,7 @@ def trained(tmp_path_factory):
     save_checkpoint(root / "models" / "ae.safetensors", ae, None, {})
     canvases = make_canvases(64, seed=0)
     common = dict(model=tiny_config(), autoencoder=str(root / "models" / "ae.safetensors"), steps=6,
-                  batch_size=8, ckpt_every=3, sample_every=0, log_every=1, device="cpu",
+                  batch_size=8, ckpt_every=3, sample_every=3, log_every=1, device="cpu",
                   models_dir=str(root / "models"))
     straight = train_text2image(TextToImageTrainConfig(out=str(root / "a"), **common), canvases, False)
     train_text2image(TextToImageTrainConfig(out=str(root / "b"), **{**common, "steps": 3}), canvases, False)
@@ -180,6 +180,12 @@ def test_training_resumes_bit_exactly_and_exports(trained):
     assert isinstance(model, TextToImage) and card["steps"] == 6 and card["autoencoder"].endswith("ae.safetensors")
     assert model.tokenizer.vocab == resumed.tokenizer.vocab
     assert list((root / "b").glob("latents-*.safetensors"))  # the cached latents
+    snaps = sorted(p.name for p in (root / "a" / "snapshots").glob("*.safetensors"))
+    assert snaps == ["ema-0000003.safetensors", "ema-0000006.safetensors"]  # one per sample grid
+    last, card = load_model(root / "a" / "snapshots" / snaps[-1], kind="text2image")
+    assert card["steps"] == 6
+    for a, b in zip(last.state_dict().values(), straight.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3, rtol=1e-3)  # fp16 copy of the EMA
 
 
 def test_generate_draws_rgb_canvases(trained):
