@@ -1,16 +1,21 @@
 """The tiny Stable Diffusion measured with the canvas evaluator (issue "Text to image", sec. 5).
 
-    python benchmarks/bench_text2image.py --model tiny-sd --n 1000 --out benchmarks/results/text2image
+    python benchmarks/bench_text2image.py --part sweep --n 1000          # one process per core:
+    python benchmarks/bench_text2image.py --part extras,steps,cost --n 1000
+    python benchmarks/bench_text2image.py --report                       # OUT.md and OUT.json
 
 One image per test canvas, drawn from the canvas's caption (DPM-Solver++(2M), --steps steps), judged
-against that canvas's spec by ``sfs.canvas_eval.judge``. Rows, each with per-clause accuracy:
-- seen and held-out combinations at every guidance scale of --scales (the sweep), with the
+against that canvas's spec by ``sfs.canvas_eval.judge``. Parts, each written to OUT.<part>.json:
+- sweep: seen and held-out combinations at every guidance scale of --scales, per clause, with the
   Frechet distance of the generated object crops against real crops in the object classifier's
-  feature space (diversity and fidelity of the objects);
-- binding: "a red 3 left of a blue 7" against "a blue 3 left of a red 7", --n-binding images each;
-- paraphrases: the same seen scenes under a second caption (other templates, synonyms and word
-  order), compared with the first.
-Writes OUT.json and OUT.md with the machine (lscpu model and flags) and the load average.
+  feature space, and the diversity left open by the prompt: the entropy (bits) of the object's
+  position (3x3 grid) on one-object prompts that name no region, and of its size on prompts that
+  name no size (the grammar always names a colour, so colour entropy is not measurable here);
+- extras: binding ("a red 3 left of a blue 7" against "a blue 3 left of a red 7", --n-binding each)
+  and paraphrases (the same seen scenes under a second caption: other templates, synonyms, order);
+- steps: seen and held-out accuracy of the EMA snapshots that training saved (--snapshots);
+- cost: training images/s of the same U-Net in latent space (4x12x12) and in pixel space (3x48x48).
+Every part records the machine (lscpu model and flags) and the load average before and after.
 """
 
 from __future__ import annotations
@@ -80,63 +85,170 @@ def binding_set(first: tuple[int, int], second: tuple[int, int], n: int) -> canv
     return c
 
 
+def accuracy_row(model, ae, clf, c, w, steps, real=None) -> dict:
+    imgs = draw(model, ae, c.captions, w, steps, 0)
+    row = canvas_eval.score(canvas_eval.judge(imgs, c, clf))
+    if real is not None:
+        row["object_fd"] = frechet_distance(crop_features(imgs, clf), real)
+        row.update(canvas_eval.open_diversity(imgs, c))
+    return row
+
+
+def part_sweep(args, model, ae, clf, sets) -> dict:
+    real = crop_features(sets["seen"].images_float(), clf)
+    rows = {"real canvases, seen": {**canvas_eval.open_diversity(sets["seen"].images_float(), sets["seen"]),
+                                    **canvas_eval.score(canvas_eval.judge(sets["seen"].images_float(),
+                                                                          sets["seen"], clf))}}
+    for w in [float(v) for v in args.scales.split(",")]:
+        for name, c in sets.items():
+            rows[f"{name}, w = {w:g}"] = accuracy_row(model, ae, clf, c, w, args.steps, real)
+            print(name, w, rows[f"{name}, w = {w:g}"], flush=True)
+    return rows
+
+
+def part_extras(args, model, ae, clf, sets) -> dict:
+    seen = sets["seen"]
+    alt = seen.subset(slice(None))
+    alt.captions = paraphrase(seen, 2)
+    w = args.recommended
+    rows = {f"seen, w = {w:g} (first captions)": accuracy_row(model, ae, clf, seen, w, args.steps),
+            f"seen, paraphrased, w = {w:g}": accuracy_row(model, ae, clf, alt, w, args.steps)}
+    red, blue = canvas.COLOURS.index("red"), canvas.COLOURS.index("blue")
+    for a, b in (((3, red), (7, blue)), ((3, blue), (7, red))):
+        spec = binding_set(a, b, args.n_binding)
+        rows[f"binding: {spec.captions[0]}, w = {w:g}"] = accuracy_row(model, ae, clf, spec, w, args.steps)
+    return rows
+
+
+def part_steps(args, model, ae, clf, sets) -> dict:
+    snaps = sorted(Path(args.snapshots).glob("ema-*.safetensors"))
+    if args.every > 1:
+        snaps = snaps[args.every - 1::args.every] + ([snaps[-1]] if len(snaps) % args.every else [])
+    rows = {}
+    for path in snaps:
+        snap, card = load_model(path, kind="text2image")
+        for name, c in sets.items():
+            sub = c.subset(slice(0, args.n_steps))
+            rows[f"{name}, step {card['steps']}"] = {"step": card["steps"],
+                                                     **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps)}
+            print(path.name, name, rows[f"{name}, step {card['steps']}"], flush=True)
+    return rows
+
+
+def part_cost(args, model, ae, clf, sets) -> dict:
+    """Training images/s of the shipped U-Net's architecture in latent and in pixel space."""
+    import copy
+    from sfs.text2image import TextToImage
+    rows = {}
+    for name, (ch, size, scale) in {"latent 4x12x12": (4, 12, 1), "pixel 3x48x48": (3, 48, 4)}.items():
+        cfg = copy.deepcopy(model.config)
+        u = cfg.unet
+        u.in_channels, u.image_size = ch, size
+        u.attn_resolutions = tuple(r * scale for r in u.attn_resolutions)
+        u.cross_attn_resolutions = tuple(r * scale for r in u.cross_attn_resolutions)
+        net = TextToImage(cfg)
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        B = 32
+        x, t = torch.randn(B, ch, size, size), torch.randint(0, 1000, (B,))
+        ids = net.tokenizer.encode(sets["seen"].captions[:B])
+
+        def step():
+            loss = (net(x, t, ids) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        step()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step()
+            best = min(best, (time.perf_counter() - t0) / 3)
+        rows[name] = {"img_s": B / best, "params": sum(p.numel() for p in net.parameters())}
+    rows["latent over pixel"] = {"speedup": rows["latent 4x12x12"]["img_s"] / rows["pixel 3x48x48"]["img_s"]}
+    return rows
+
+
+PARTS = {"sweep": part_sweep, "extras": part_extras, "steps": part_steps, "cost": part_cost}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny-sd")
+    ap.add_argument("--part", default="sweep,extras,steps,cost", help=f"comma-separated, of {list(PARTS)}")
+    ap.add_argument("--report", action="store_true", help="merge OUT.<part>.json into OUT.md/OUT.json")
     ap.add_argument("--n", type=int, default=1000, help="canvases per row")
     ap.add_argument("--n-binding", type=int, default=200)
+    ap.add_argument("--n-steps", type=int, default=300, help="canvases per row of the steps part")
+    ap.add_argument("--snapshots", default="runs/tiny-sd/snapshots")
+    ap.add_argument("--every", type=int, default=1, help="use every k-th snapshot (and the last)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--scales", default="1,2,3,5,7.5")
-    ap.add_argument("--recommended", type=float, default=3.0, help="the scale of the paraphrase rows")
+    ap.add_argument("--recommended", type=float, default=3.0, help="the scale of extras and steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/text2image")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.report:
+        return report(out)
     torch.set_num_threads(args.threads)
-    before, t0 = machine(), time.time()
     model, card = load_model(args.model, kind="text2image")
     ae, _ = load_model(card["autoencoder"], kind="autoencoder")
     clf, _ = canvas_eval.load_object_classifier()
     sets = {"seen": make_canvases(args.n, "test", 2, "seen"),
             "held_out": make_canvases(args.n, "test", 2, "held_out")}
-    real = crop_features(sets["seen"].images_float(), clf)
-    rows = {}
-    for w in [float(v) for v in args.scales.split(",")]:
-        for name, c in sets.items():
-            imgs = draw(model, ae, c.captions, w, args.steps, 0)
-            row = canvas_eval.score(canvas_eval.judge(imgs, c, clf))
-            row["object_fd"] = frechet_distance(crop_features(imgs, clf), real)
-            rows[f"{name}, w = {w:g}"] = row
-    seen = sets["seen"]
-    alt = seen.subset(slice(None))
-    alt.captions = paraphrase(seen, 2)
-    rows[f"seen, paraphrased, w = {args.recommended:g}"] = canvas_eval.score(canvas_eval.judge(
-        draw(model, ae, alt.captions, args.recommended, args.steps, 0), alt, clf))
-    red, blue = canvas.COLOURS.index("red"), canvas.COLOURS.index("blue")
-    for a, b in (((3, red), (7, blue)), ((3, blue), (7, red))):
-        spec = binding_set(a, b, args.n_binding)
-        imgs = draw(model, ae, spec.captions, args.recommended, args.steps, 0)
-        rows[f"binding: {spec.captions[0]}"] = canvas_eval.score(canvas_eval.judge(imgs, spec, clf))
-    result = {"machine": before, "load_avg_after": machine()["load_avg"], "seconds": time.time() - t0,
-              "command": "python " + " ".join(sys.argv), "model": args.model,
-              "model_card": {k: card.get(k) for k in ("steps", "wall_time_s", "machine", "file_sha256")},
-              "n": args.n, "steps": args.steps, "accuracy": rows}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    m = result["machine"]
-    lines = ["# The tiny Stable Diffusion judged by the canvas evaluator", "",
-             f"- date: {m['date']}; command: `{result['command']}`",
-             f"- machine: {m['cpu']}, flags {' '.join(m['flags'])}; load average {m['load_avg'][0]:.2f} "
-             f"before, {result['load_avg_after'][0]:.2f} after; {result['seconds'] / 60:.0f} min",
-             f"- model: {args.model}, {card.get('steps')} training steps; DPM-Solver++(2M), {args.steps} steps; "
-             f"N = {args.n} per row", "",
-             "| prompts | object | colour | count | position | size | whole prompt | object FD |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in rows.items():
-        fd = f"{r['object_fd']:.1f}" if "object_fd" in r else ""
-        lines.append(f"| {name} | " + " | ".join(f"{100 * r[k]:.1f}" for k in
-                                                  ("object", "colour", "count", "position", "size", "prompt"))
-                     + f" | {fd} |")
+    for part in args.part.split(","):
+        before, t0 = machine(), time.time()
+        rows = PARTS[part](args, model, ae, clf, sets)
+        result = {"part": part, "machine": before, "load_avg_after": machine()["load_avg"],
+                  "seconds": time.time() - t0, "command": "python " + " ".join(sys.argv),
+                  "model": args.model, "model_card": {k: card.get(k) for k in
+                                                      ("steps", "wall_time_s", "machine", "file_sha256")},
+                  "n": args.n, "steps": args.steps, "recommended": args.recommended, "rows": rows}
+        out.with_suffix(f".{part}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out.with_suffix(f'.{part}.json')}", flush=True)
+
+
+def _pct(r: dict, k: str) -> str:
+    v = r.get(k)
+    return "" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def report(out: Path) -> None:
+    """OUT.md and OUT.json from the part files that exist."""
+    parts = {p: json.loads(out.with_suffix(f".{p}.json").read_text()) for p in PARTS
+             if out.with_suffix(f".{p}.json").is_file()}
+    out.with_suffix(".json").write_text(json.dumps(parts, indent=2) + "\n")
+    lines = ["# The tiny Stable Diffusion judged by the canvas evaluator", ""]
+    clauses = ("object", "colour", "count", "position", "size", "prompt")
+    for name, r in parts.items():
+        m = r["machine"]
+        lines += [f"## {name}", "",
+                  f"- date: {m['date']}; command: `{r['command']}`",
+                  f"- machine: {m['cpu']}, flags {' '.join(m['flags'])}; load average "
+                  f"{m['load_avg'][0]:.2f} before, {r['load_avg_after'][0]:.2f} after; "
+                  f"{r['seconds'] / 60:.1f} min",
+                  f"- model: {r['model']}, {r['model_card']['steps']} training steps "
+                  f"(sha256 {str(r['model_card']['file_sha256'])[:12]}); DPM-Solver++(2M), {r['steps']} steps", ""]
+        if name == "cost":
+            lines += ["| space | params | training img/s |", "| --- | --- | --- |"]
+            for k in ("latent 4x12x12", "pixel 3x48x48"):
+                lines.append(f"| {k} | {r['rows'][k]['params']:,} | {r['rows'][k]['img_s']:.1f} |")
+            lines += ["", f"Latent over pixel: {r['rows']['latent over pixel']['speedup']:.1f}x images/s.", ""]
+            continue
+        extra = name == "sweep"
+        lines += ["| prompts | N | object | colour | count | position | size | whole prompt |"
+                  + (" object FD | position entropy (bits) | size entropy (bits) |" if extra else ""),
+                  "| --- " * (8 + 3 * extra) + "|"]
+        for k, row in r["rows"].items():
+            cells = [k, str(row.get("n", ""))] + [_pct(row, c) for c in clauses]
+            if extra:
+                fd = row.get("object_fd")
+                cells += ["" if fd is None else f"{fd:.1f}", f"{row['position_entropy']:.2f}",
+                          f"{row['size_entropy']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -228,6 +228,50 @@ def score(judged: dict[str, torch.Tensor]) -> dict[str, float]:
     return res
 
 
+def entropy_bits(values) -> float:
+    """Shannon entropy in bits of the empirical distribution of ``values`` (ints >= 0).
+
+    Book eq. (12.6): H = - sum_j p_j log2 p_j over the values j that occur; 0 for one value,
+    log2(K) for K values equally often. NaN for no values.
+    """
+    values = torch.as_tensor(list(values), dtype=torch.long)
+    if values.numel() == 0:
+        return float("nan")
+    if values.min() < 0:
+        raise ValueError("values must be ints >= 0")
+    p = torch.bincount(values).double() / values.numel()
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
+
+
+POSITION_CELLS = 3  # the position grid of ``open_diversity``: 3 x 3 cells
+
+
+def open_diversity(images: torch.Tensor, canvases: Canvases) -> dict[str, float]:
+    """How varied the images are where their captions leave a choice open, in bits (eq. (12.6)).
+
+    Over the images with one object in the spec and exactly one detected: the entropy of the
+    object's centre cell on a 3 x 3 grid, for captions that name no region, and of its size
+    (small or large), for captions that name no size. A model that always draws the object in the
+    middle scores 0 bits of position; real canvases score what their generator's placement gives.
+    images (N, 3, H, W) in [-1, 1]. Returns position_entropy, size_entropy, n_position, n_size.
+    """
+    _check_images(images)
+    W, k = images.shape[-1], POSITION_CELLS
+    cells, sizes = [], []
+    for n, objs in enumerate(find_objects(images)):
+        if int(canvases.count[n]) != 1 or len(objs) != 1:
+            continue
+        x0, y0, x1, y1 = objs[0]["box"]
+        if int(canvases.region[n]) < 0:
+            cx, cy = (min(k - 1, int((a + b) / 2 / W * k)) for a, b in ((x0, x1), (y0, y1)))
+            cells.append(cy * k + cx)
+        if not bool(canvases.states_size[n]):
+            sizes.append(object_size(objs[0]["box"], int(canvases.classes[n, 0])))
+    return {"position_entropy": entropy_bits(cells), "size_entropy": entropy_bits(sizes),
+            "n_position": len(cells), "n_size": len(sizes)}
+
+
 def make_crop_dataset(canvases: Canvases) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops and labels for training the object classifier: single-object canvases, each found
     by ``find_objects`` exactly as at judging time. (N', 1, CROP, CROP) in [-1, 1], (N',) int64;
