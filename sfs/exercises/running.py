@@ -107,6 +107,13 @@ def input_change(before: Any, after: Any, name: str) -> str | None:
     ("schedule.alpha_bar", "x0", "args[2]"), or None when nothing changed."""
     if isinstance(before, torch.Tensor):
         return None if isinstance(after, torch.Tensor) and equal(before, after) else name
+    if isinstance(before, torch.nn.Module):  # a model argument: its weights and buffers, and its mode
+        if not isinstance(after, torch.nn.Module) or after.training != before.training:
+            return name
+        sb, sa = before.state_dict(), after.state_dict()
+        if sb.keys() != sa.keys():
+            return name
+        return next((f"{name}.{k}" for k in sb if not equal(sb[k], sa[k])), None)
     if isinstance(before, (list, tuple)):
         if type(after) is not type(before) or len(after) != len(before):
             return name
