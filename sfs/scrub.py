@@ -340,12 +340,16 @@ def _live_forward(x0, schedule, eps, scale):
 
 
 def reverse_scrubber(steps: Sequence[dict], frames: int = 20, max_images: int = 8, scale: int = 3,
-                     live: bool | None = None):
+                     live: bool | None = None, titles: Sequence[str] = ("x_t", "x0_hat (predicted)")):
     """Scrub a sampler's steps: x_t (its input) and x0_hat (its guess of the clean image) side by side.
 
     steps: the dicts a sampler passes to ``callback``, ``dict(i=..., t=..., x_t=..., x0_hat=...)``,
-    collected with ``callback=steps.append``; x_t and x0_hat are images (B, C, H, W) in [-1, 1].
+    collected with ``callback=steps.append``; x_t and x0_hat are images (B, C, H, W) in [-1, 1]
+    (for a latent model, decode both first and name them in ``titles``).
     """
+    titles = list(titles)
+    if len(titles) != 2 or not all(isinstance(t, str) for t in titles):
+        raise ValueError(f"titles must be two strings (for x_t and x0_hat), got {titles!r}")
     steps = list(steps)
     if not steps:
         raise ValueError("steps is empty: pass the list filled by callback=steps.append")
@@ -364,11 +368,10 @@ def reverse_scrubber(steps: Sequence[dict], frames: int = 20, max_images: int = 
     x, _ = images(0)
     width = scale * _grid(x).shape[1]
     if _decide(live):
-        return _live_indexed(n, lambda k: [_grid(a) for a in images(k)], ["x_t", "x0_hat (predicted)"], label,
-                             start=n - 1)
+        return _live_indexed(n, lambda k: [_grid(a) for a in images(k)], titles, label, start=n - 1)
     idx = _pick(n, frames)
     frames_png = [[_png_of_images(a) for a in images(k)] for k in idx]
-    return StaticScrubber(["x_t", "x0_hat (predicted)"], frames_png, [label(k) for k in idx], [width, width],
+    return StaticScrubber(titles, frames_png, [label(k) for k in idx], [width, width],
                           title="Sampling: drag through the steps", start=len(idx) - 1)
 
 
@@ -473,3 +476,54 @@ def _live_particles(traj, bg, labels, lim):
 
 
 __all__ = ["forward_scrubber", "reverse_scrubber", "particles_scrubber", "is_live", "StaticScrubber"]
+
+
+# ----------------------------------------------------------------------------------------------
+# (d) A prompt box for the text-to-image model (book ch. 12)
+
+
+def prompt_box(model, autoencoder, prompt: str = "a red 3 left of a blue 7", n: int = 4,
+               live: bool | None = None):
+    """Type a prompt, press "draw": ``n`` images from ``sfs.text2image.generate`` (live kernels only).
+
+    Live (Colab, Binder, a local Jupyter): a text box, guidance scale, steps and seed, and a button;
+    a prompt the tokenizer refuses shows its error message instead of images. Static (the built
+    book, where no Python runs): returns None, and the chapter shows its pre-rendered gallery.
+    """
+    if not _decide(live):
+        return None
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    text = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
+    scale = widgets.FloatSlider(value=3.0, min=0.0, max=10.0, step=0.5, description="guidance")
+    steps = widgets.IntSlider(value=20, min=1, max=50, description="steps")
+    seed = widgets.IntText(value=0, description="seed")
+    button = widgets.Button(description="draw")
+    out = widgets.Output()
+
+    def draw(_=None):
+        with out:
+            out.clear_output(wait=True)
+            imgs, error = _prompt_images(model, autoencoder, text.value, scale.value, steps.value,
+                                         seed.value, n)
+            if error:
+                print(error)
+                return
+            fig, ax = plt.subplots(figsize=(1.6 * n, 1.8))
+            ax.imshow(_grid(imgs, nrow=n).numpy(), interpolation="nearest")
+            ax.set_title(text.value, fontsize=9)
+            ax.set_axis_off()
+            plt.show()
+
+    button.on_click(draw)
+    draw()
+    return widgets.VBox([text, widgets.HBox([scale, steps]), widgets.HBox([seed, button]), out])
+
+
+def _prompt_images(model, autoencoder, prompt, scale, steps, seed, n):
+    """(images, None), or (None, a message) for a prompt the tokenizer or the sampler refuses."""
+    from sfs.text2image import generate
+    try:
+        return generate(prompt, model, autoencoder, scale, steps, seed, n), None
+    except (ValueError, TypeError) as e:  # the tokenizer's message names the bad word
+        return None, f"Not a prompt this model can read: {e}"

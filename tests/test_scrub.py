@@ -108,3 +108,28 @@ def test_live_widgets(images):
     box.children[0].value = 3
     box = scrub.particles_scrubber([torch.randn(50, 2) for _ in range(4)], live=True)
     box.children[0].value = 2
+
+
+def test_reverse_titles_name_the_panels(images):
+    steps = [dict(i=i, t=9 - i, x_t=torch.randn(2, 3, 8, 8), x0_hat=torch.zeros(2, 3, 8, 8)) for i in range(3)]
+    html = scrub.reverse_scrubber(steps, live=False, titles=("decoded z_t", "decoded z0_hat")).to_html()
+    assert "decoded z_t" in html and "decoded z0_hat" in html
+    with pytest.raises(ValueError, match="titles"):
+        scrub.reverse_scrubber(steps, live=False, titles=("only one",))
+
+
+def test_prompt_box_live_draws_and_reports_bad_prompts():
+    ipywidgets = pytest.importorskip("ipywidgets")
+    from sfs.exercises.tiny_sd import _tiny_models
+    model, ae = _tiny_models()
+    assert scrub.prompt_box(model, ae, live=False) is None  # static: the chapter shows its gallery
+    box = scrub.prompt_box(model, ae, "two bags", n=2, live=True)
+    assert isinstance(box, ipywidgets.VBox)
+    text, button, out = box.children[0], box.children[2].children[1], box.children[3]
+    text.value = "a purple unicorn"
+    box.children[1].children[1].value = 2  # steps: keep it quick
+    button.click()  # must not raise
+    imgs, err = scrub._prompt_images(model, ae, text.value, 3.0, 2, 0, 2)
+    assert imgs is None and "Not a prompt" in err and "unicorn" in err
+    imgs, err = scrub._prompt_images(model, ae, "two bags", 3.0, 2, 0, 2)
+    assert err is None and imgs.shape == (2, 3, 48, 48)
