@@ -10,3 +10,8 @@ $PY -m sfs train-autoencoder --minutes 60 --steps 100000 --threads 1 \
     --out runs/canvas-autoencoder --export canvas-autoencoder --no-progress
 $PY -m sfs.classifier --data canvas-objects --n-canvases 60000 --epochs 4 --width 24 \
     --out models/canvas-object-classifier
+# The tiny Stable Diffusion (book ch. 12) in the canvas autoencoder's latent space; its loss log
+# ships in models/logs/ beside the others. Resumes from runs/tiny-sd when run again.
+$PY -m sfs train-text2image --threads 1 --minutes 115 --steps 100000 --n-canvases 100000 \
+    --base-channels 32 --sample-every 1500 --out runs/tiny-sd --export tiny-sd --no-progress
+gzip -c runs/tiny-sd/loss.jsonl > models/logs/tiny-sd-loss.jsonl.gz

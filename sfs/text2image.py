@@ -1,6 +1,6 @@
 """The tiny Stable Diffusion: a text encoder and a U-Net that cross-attends to it, in latent space.
 
-The tiny Stable Diffusion (the book's chapter 12, to come). The model keeps the contract of every sfs model,
+Book ch. 12, "A tiny Stable Diffusion". The model keeps the contract of every sfs model,
 ``eps_hat = model(z_t, t, ids)``, where ``ids`` (B, L) are the tokenised prompts; the text
 encoder runs inside, so every sampler and the guidance wrapper work unchanged. Its "no prompt" is
 the empty prompt ``null_cond`` (for classifier-free guidance, book eq. (8.2)). ``generate`` is the
@@ -100,8 +100,10 @@ def generate(prompts: str | list[str], model: TextToImage, autoencoder: nn.Modul
              callback=None) -> torch.Tensor:
     """Draw images for prompts: (len(prompts) * n_per_prompt, 3, H, W) in [-1, 1].
 
-    The pipeline of Rombach et al. 2022, fig. 3: tokens, the guided model (``CFGModel`` on prompts), DPM-Solver++(2M)
-    from Gaussian latents, then the autoencoder's decoder. callback(i, t, z_t, z0_hat) as the samplers'.
+    Book eqs. (12.1)-(12.4), the pipeline of Rombach et al. 2022, fig. 3: tokens and the text
+    encoder (12.1), the guided model ``CFGModel`` on prompts (12.2), DPM-Solver++(2M) from Gaussian
+    latents (12.3), then the autoencoder's decoder (12.4). callback receives the samplers' dicts
+    (i, t, x_t, x0_hat), here latents (B, 4, h, w).
     """
     from sfs.guidance import CFGModel
     from sfs.samplers import dpm_solver_2m_sample

@@ -1,8 +1,8 @@
 """Training the tiny Stable Diffusion: ``python -m sfs train-text2image ...``.
 
-Training, as Rombach et al. 2022 (sec. 4.3) trained their text-to-image LDM. The text encoder and the U-Net are trained together from
-scratch (as Rombach et al. 2022 did for their text-to-image LDM) on the latents of captioned
-canvases, with the simple loss of book eq. (3.7) in latent space:
+Book eq. (12.5). The text encoder and the U-Net are trained together from scratch (as Rombach et
+al. 2022, sec. 4.3, did for their text-to-image LDM) on the latents of captioned canvases, with the
+simple loss of book eq. (3.7) in latent space:
 
     z0     = Autoencoder.encode(canvas)          (the posterior mean times the scale factor; cached)
     ids    = Tokenizer.encode(caption), replaced by the empty prompt with probability prompt_dropout
@@ -100,7 +100,7 @@ def cached_latents(cfg: TextToImageTrainConfig, autoencoder: nn.Module, ae_card:
 
 def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool = True) -> TextToImage:
     """Train (or resume) the text-to-image model; return the EMA model (eval mode).
-    ``canvases`` overrides the generated training set (tests). Chapters 11-12 of the book, which will teach this, are to come."""
+    ``canvases`` overrides the generated training set (tests). Book eq. (12.5), ch. 12 sec. "How it was trained"."""
     if not (isinstance(cfg.prompt_dropout, (int, float)) and 0 <= cfg.prompt_dropout <= 1):
         raise ValueError(f"prompt_dropout must be in [0, 1], got {cfg.prompt_dropout!r}")
     device = loop.resolve_device(cfg.device)

@@ -1,4 +1,4 @@
-"""The canvas evaluator (book ch. 10 and eq. (12.6)): objects found, clauses judged, diversity in bits."""
+"""The canvas evaluator (book ch. 10 and eq. (12.7)): objects found, clauses judged, diversity in bits."""
 
 import math
 
