@@ -6,8 +6,12 @@ serves a temporary folder holding a tiny model; nothing reaches the outside netw
 
 import functools
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +153,12 @@ def test_the_checkout_is_recognised():
 def test_names_that_are_not_plain_are_refused(name):
     with pytest.raises(ValueError, match="name must be the plain name"):
         model_cache.fetch_model(name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SFS_PIP_TEST") != "1",
+                    reason="builds a virtual environment and a wheel (about 25 s): SFS_PIP_TEST=1")
+def test_a_pip_installed_copy_runs_the_readme_example():
+    script = Path(__file__).resolve().parents[1] / "tools" / "check_pip_install.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
