@@ -26,12 +26,18 @@ from sfs.validate import (check_int, existing_dir, finite_float, fraction, fract
                           positive_ints)
 
 
+DATA_SHAPES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}  # (channels, size)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     d, m = TrainConfig(), UNetConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=["mnist", "fashion-mnist"], default=d.data)
+    g.add_argument("--data", choices=sorted(DATA_SHAPES), default=d.data,
+                   help="the image shape follows: 1x28x28, or 3x32x32 for cifar10 (settings of "
+                        "DDPM's CIFAR-10 model: sfs.train.cifar10_config)")
     g.add_argument("--data-dir", type=existing_dir, default=d.data_dir,
-                   help="folder with the IDX files (or their parent); default $SFS_DATA_DIR")
+                   help="folder with the IDX files or cifar-10-python.tar.gz (or their parent); "
+                        "default $SFS_DATA_DIR")
     g.add_argument("--conditional", action="store_true",
                    help="class-conditional with label dropout, for classifier-free guidance")
     g.add_argument("--label-dropout", type=fraction, default=d.label_dropout, help="in [0, 1]")
@@ -49,6 +55,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    default=m.attn_resolutions, help="e.g. 14,7; '' for none")
     g.add_argument("--num-heads", type=positive_int, default=m.num_heads)
     g.add_argument("--dropout", type=fraction_below_one, default=m.dropout, help="in [0, 1)")
+    g.add_argument("--norm-groups", type=positive_int, default=m.norm_groups,
+                   help="GroupNorm groups; every level's channels must be divisible by it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=positive_int, default=d.steps)
     g.add_argument("--minutes", type=nonnegative_float, default=d.minutes,
@@ -88,8 +96,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     Raises ValueError or TypeError for settings that are fine one by one but not together (a
     UNetConfig whose fields do not fit, more sampling steps than T).
     """
+    in_channels, image_size = DATA_SHAPES[args.data]
     model = UNetConfig(**{f.name: getattr(args, f.name) for f in fields(UNetConfig)
-                          if hasattr(args, f.name)})
+                          if hasattr(args, f.name)}, in_channels=in_channels, image_size=image_size)
     names = {f.name for f in fields(TrainConfig)} - {"model", "command"}
     cfg = TrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                       **{k: getattr(args, k) for k in names if hasattr(args, k)})

@@ -254,3 +254,56 @@ def test_bad_folders_and_sizes_are_refused_by_name(tmp_path):
     (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ValueError, match="cannot read the image .*broken.png"):
         data_colour.load_image_folder(tmp_path / "bad")
+
+
+# ----------------------------------------------------------------------------------------------
+# The CIFAR-10 configuration, and a colour run end to end.
+
+def test_cifar10_config_is_ddpms_and_its_documented_command_is_the_same():
+    import argparse
+    import shlex
+
+    import sfs.__main__ as cli
+    from sfs.train import cifar10_config
+    from sfs.unet import UNet, count_params
+
+    cfg = cifar10_config()
+    m = cfg.model
+    assert (m.in_channels, m.image_size, m.base_channels, m.channel_mults) == (3, 32, 128, (1, 2, 2, 2))
+    assert (m.attn_resolutions, m.dropout, cfg.schedule, cfg.batch_size, cfg.ema_decay) == \
+        ((16,), 0.1, "linear", 128, 0.9999)
+    assert 35.6e6 < count_params(UNet(m)) < 35.8e6  # DDPM's CIFAR-10 model has 35.7 M
+    doc = cifar10_config.__doc__.split("::", 1)[1]
+    argv = shlex.split(doc.replace("\\\n", " ").replace("DATA", "."))[3:]  # after python -m sfs
+    p = argparse.ArgumentParser()
+    cli._add_train_args(p)
+    from_shell = cli.config_from_args(p.parse_args(argv[1:]), argv)
+    from_shell.command = cfg.command
+    from_shell.data_dir = cfg.data_dir
+    assert from_shell == cfg
+
+
+def test_a_colour_run_trains_exports_and_loads(tmp_path):
+    from dataclasses import replace
+
+    from sfs.checkpoints import load_model
+    from sfs.train import cifar10_config, train
+    from sfs.unet import UNetConfig
+
+    write_cifar10(tmp_path / "data", n_per_batch=2)
+    cfg = cifar10_config()
+    small = UNetConfig(in_channels=3, image_size=32, base_channels=8, channel_mults=(1, 2),
+                       num_res_blocks=1, attn_resolutions=(16,), num_heads=1, norm_groups=4)
+    cfg = replace(cfg, model=small, data_dir=str(tmp_path / "data"), steps=2, batch_size=4,
+                  warmup_steps=1, bf16=False, device="cpu", out=str(tmp_path / "run"),
+                  sample_every=0, sample_n=2, sample_steps=2, ckpt_every=2, export="tiny-cifar",
+                  models_dir=str(tmp_path / "models"))
+    train(cfg, progress=False)
+    model, card = load_model("tiny-cifar", models_dir=tmp_path / "models")
+    assert card["data"] == "cifar10" and card["data_size"] == 10 and "32x32" in card["description"]
+    assert (tmp_path / "models" / "tiny-cifar-samples.png").is_file()
+    out = model(torch.randn(2, 3, 32, 32), torch.tensor([0, 999]))
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"holds images \(3, 32, 32\).*wants \(1, 28, 28\)"):
+        train(replace(cfg, model=UNetConfig(base_channels=8, norm_groups=4, num_heads=1)),
+              progress=False)
