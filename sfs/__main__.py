@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from sfs import generate_cli, train_autoencoder, train_text2image
+from sfs.data import load_dataset
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
 from sfs.validate import (check_int, existing_dir, finite_float, fraction, fraction_below_one, ints_arg,
@@ -38,6 +39,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", type=existing_dir, default=d.data_dir,
                    help="folder with the IDX files or cifar-10-python.tar.gz (or their parent); "
                         "default $SFS_DATA_DIR")
+    g.add_argument("--download", action="store_true",
+                   help="fetch the data set when it is not found (needs internet): MNIST's files "
+                        "with torchvision, CIFAR-10's archive (md5-checked)")
     g.add_argument("--conditional", action="store_true",
                    help="class-conditional with label dropout, for classifier-free guidance")
     g.add_argument("--label-dropout", type=fraction, default=d.label_dropout, help="in [0, 1]")
@@ -151,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.command == "train":
         check_parsed(p_train, args)
-        train(config_or_exit(p_train, config_from_args, args, argv), progress=not args.no_progress)
+        cfg = config_or_exit(p_train, config_from_args, args, argv)
+        dataset = load_dataset(cfg.data, "train", cfg.data_dir, download=True) if args.download \
+            else None  # without --download, train() reads the data and never fetches it
+        train(cfg, dataset=dataset, progress=not args.no_progress)
     elif args.command == "train-text2image":
         check_parsed(p_t2i, args)
         cfg = config_or_exit(p_t2i, train_text2image.config_from_args, args, argv)

@@ -307,3 +307,29 @@ def test_a_colour_run_trains_exports_and_loads(tmp_path):
     with pytest.raises(ValueError, match=r"holds images \(3, 32, 32\).*wants \(1, 28, 28\)"):
         train(replace(cfg, model=UNetConfig(base_channels=8, norm_groups=4, num_heads=1)),
               progress=False)
+
+
+def test_cifar10_is_downloaded_only_when_asked_and_missing(tmp_path, monkeypatch):
+    import sfs.__main__ as cli
+
+    calls = []
+
+    def fake_download(folder):  # stands in for the 163 MB download
+        calls.append(folder)
+        write_cifar10(folder, n_per_batch=2)
+        return folder / data_colour.CIFAR10_ARCHIVE
+
+    monkeypatch.setattr(data_colour, "_download_cifar10", fake_download)
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        data.load_dataset("cifar10", "test")
+    assert calls == []
+    argv = ["train", "--data", "cifar10", "--download", "--base-channels", "8", "--channel-mults", "1,2",
+            "--num-res-blocks", "1", "--attn-resolutions", "", "--num-heads", "1", "--norm-groups", "4",
+            "--steps", "1", "--batch-size", "2", "--sample-every", "0", "--device", "cpu",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    cli.main(argv)
+    assert calls == [tmp_path / "data" / "cifar10"]
+    assert (tmp_path / "run" / "loss.jsonl").is_file()
+    assert len(data.load_dataset("cifar10", "test", download=True)) == 2  # found: no second download
+    assert len(calls) == 1
