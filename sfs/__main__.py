@@ -90,7 +90,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--export", type=plain_name, default=None, metavar="NAME",
                    help="at the end, write the EMA weights as models/NAME.safetensors + card "
                         "(a plain name: written inside --models-dir only)")
-    g.add_argument("--models-dir", default=None, help="where --export writes (default models/)")
+    g.add_argument("--models-dir", default=None,
+                   help="where --export writes (default $SFS_MODELS_DIR, else the repository's "
+                        "models/, else the cache of an installed sfs, ~/.cache/sfs/models)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -101,7 +101,7 @@ def _open(url: str, name: str, folder: Path):
         raise _fail(name, url, folder, f"the server answered HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
-        raise _fail(name, url, folder, f"no connection ({reason}); offline?") from e
+        raise _fail(name, url, folder, f"no connection ({reason}; offline?)") from e
 
 
 def _download_card(name: str, folder: Path) -> tuple[bytes, dict]:
