@@ -21,6 +21,10 @@ into place (then the card beside it), so an interrupted or corrupted download ne
 ``load_model`` verifies the file again as it does for every checkpoint. The card comes from the same
 server as the weights, so the sha256 catches corruption and truncation, not a hostile server; what
 protects against that is safetensors itself: loading a checkpoint cannot run code.
+
+``MODELS_URL`` follows the repository's main branch: an old installed sfs gets the newest shipped
+models, and refuses one whose config it cannot build (``CheckpointError``); set $SFS_MODELS_URL to
+a tag's or a release's address to pin them.
 """
 
 from __future__ import annotations

@@ -70,10 +70,11 @@ def served(tmp_path, monkeypatch):
     server.stop()
 
 
-def test_first_use_downloads_then_the_cache_needs_no_network(served):
+def test_first_use_downloads_then_the_cache_needs_no_network(served, capsys):
     www, cache, server, card = served
     assert resolve_models_dir() == cache
     model, card2 = load_model("tiny")
+    assert "sfs: downloading tiny.safetensors" in capsys.readouterr().err  # the progress bar
     assert card2 == card and model.config == TINY
     assert server.requests == ["/models/tiny.json", "/models/tiny.safetensors"]
     assert (cache / "tiny.safetensors").read_bytes() == (www / "tiny.safetensors").read_bytes()
