@@ -86,6 +86,8 @@ def read_cifar10(path: str | Path, split: str = "train") -> tuple[np.ndarray, np
     (N,): 50,000 for "train" (``data_batch_1`` ... ``_5`` in order), 10,000 for "test"."""
     check_choice("split", split, sorted(CIFAR10_BATCHES))
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: expected {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/")
     wanted = CIFAR10_BATCHES[split]
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if path.is_dir():

@@ -173,6 +173,8 @@ def test_damaged_batches_are_refused_by_name(tmp_path):
         data_colour.read_cifar10(tmp_path / "broken.tar.gz", "test")
     with pytest.raises(ValueError, match="split must be one of"):
         data_colour.read_cifar10(folder, "valid")
+    with pytest.raises(FileNotFoundError, match="nowhere not found"):
+        data_colour.read_cifar10(tmp_path / "nowhere", "test")
 
 
 # ----------------------------------------------------------------------------------------------
