@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from sfs import generate_cli, train_autoencoder, train_text2image
+from sfs.data import load_dataset
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
 from sfs.validate import (check_int, existing_dir, finite_float, fraction, fraction_below_one, ints_arg,
@@ -26,12 +27,21 @@ from sfs.validate import (check_int, existing_dir, finite_float, fraction, fract
                           positive_ints)
 
 
+DATA_SHAPES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}  # (channels, size)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     d, m = TrainConfig(), UNetConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=["mnist", "fashion-mnist"], default=d.data)
+    g.add_argument("--data", choices=sorted(DATA_SHAPES), default=d.data,
+                   help="the image shape follows: 1x28x28, or 3x32x32 for cifar10 (settings of "
+                        "DDPM's CIFAR-10 model: sfs.train.cifar10_config)")
     g.add_argument("--data-dir", type=existing_dir, default=d.data_dir,
-                   help="folder with the IDX files (or their parent); default $SFS_DATA_DIR")
+                   help="folder with the IDX files or cifar-10-python.tar.gz (or their parent); "
+                        "default $SFS_DATA_DIR")
+    g.add_argument("--download", action="store_true",
+                   help="fetch the data set when it is not found (needs internet): MNIST's files "
+                        "with torchvision, CIFAR-10's archive (md5-checked)")
     g.add_argument("--conditional", action="store_true",
                    help="class-conditional with label dropout, for classifier-free guidance")
     g.add_argument("--label-dropout", type=fraction, default=d.label_dropout, help="in [0, 1]")
@@ -49,6 +59,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    default=m.attn_resolutions, help="e.g. 14,7; '' for none")
     g.add_argument("--num-heads", type=positive_int, default=m.num_heads)
     g.add_argument("--dropout", type=fraction_below_one, default=m.dropout, help="in [0, 1)")
+    g.add_argument("--norm-groups", type=positive_int, default=m.norm_groups,
+                   help="GroupNorm groups; every level's channels must be divisible by it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=positive_int, default=d.steps)
     g.add_argument("--minutes", type=nonnegative_float, default=d.minutes,
@@ -78,7 +90,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--export", type=plain_name, default=None, metavar="NAME",
                    help="at the end, write the EMA weights as models/NAME.safetensors + card "
                         "(a plain name: written inside --models-dir only)")
-    g.add_argument("--models-dir", default=None, help="where --export writes (default models/)")
+    g.add_argument("--models-dir", default=None,
+                   help="where --export writes (default $SFS_MODELS_DIR, else the repository's "
+                        "models/, else the cache of an installed sfs, ~/.cache/sfs/models)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,8 +102,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     Raises ValueError or TypeError for settings that are fine one by one but not together (a
     UNetConfig whose fields do not fit, more sampling steps than T).
     """
+    in_channels, image_size = DATA_SHAPES[args.data]
     model = UNetConfig(**{f.name: getattr(args, f.name) for f in fields(UNetConfig)
-                          if hasattr(args, f.name)})
+                          if hasattr(args, f.name)}, in_channels=in_channels, image_size=image_size)
     names = {f.name for f in fields(TrainConfig)} - {"model", "command"}
     cfg = TrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                       **{k: getattr(args, k) for k in names if hasattr(args, k)})
@@ -142,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.command == "train":
         check_parsed(p_train, args)
-        train(config_or_exit(p_train, config_from_args, args, argv), progress=not args.no_progress)
+        cfg = config_or_exit(p_train, config_from_args, args, argv)
+        dataset = load_dataset(cfg.data, "train", cfg.data_dir, download=True) if args.download \
+            else None  # without --download, train() reads the data and never fetches it
+        train(cfg, dataset=dataset, progress=not args.no_progress)
     elif args.command == "train-text2image":
         check_parsed(p_t2i, args)
         cfg = config_or_exit(p_t2i, train_text2image.config_from_args, args, argv)

@@ -34,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 MODELS_ENV_VAR = "SFS_MODELS_DIR"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the repo's models/
+# The repository's models/ folder and, outside the repository (sfs installed with pip), the
+# download cache: sfs.model_cache, which holds the order in which a name is looked up.
 
 
 class CheckpointError(ValueError):
@@ -120,8 +121,11 @@ def _check_length(path: Path) -> None:
 # Shipped models.
 
 def resolve_models_dir(models_dir: str | Path | None = None) -> Path:
-    """``models_dir``, else $SFS_MODELS_DIR, else the repository's models/ folder."""
-    return Path(models_dir or os.environ.get(MODELS_ENV_VAR) or DEFAULT_MODELS_DIR).expanduser()
+    """``models_dir``, else $SFS_MODELS_DIR, else the repository's models/ folder when sfs runs
+    from a checkout, else the download cache (``sfs.model_cache``: $SFS_CACHE_DIR, default
+    ~/.cache/sfs/models). Where names are looked up, and where ``--export`` writes."""
+    from sfs.model_cache import models_dir_for
+    return models_dir_for(models_dir)[0]
 
 
 def _kinds() -> dict:
@@ -180,18 +184,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, config=None, card: dict 
     return card
 
 
-def _resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None) -> Path:
+def _resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None,
+                        fetch: bool = False) -> Path:
+    """The weights' path of a name or a path. ``fetch``: a name that resolves to the download
+    cache (sfs outside its repository) and is not there yet is downloaded first."""
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path):
         raise TypeError(f"name_or_path must be a model name or a path, got {name_or_path!r}")
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
         return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
-    return resolve_models_dir(models_dir) / f"{name_or_path}.safetensors"
+    from sfs.model_cache import fetch_model, models_dir_for
+    folder, is_cache = models_dir_for(models_dir)
+    if fetch and is_cache:
+        return fetch_model(str(name_or_path), folder)
+    return folder / f"{name_or_path}.safetensors"
 
 
 def read_card(name_or_path: str | Path, models_dir: str | Path | None = None) -> dict:
-    """The JSON model card of a shipped model (by name in models/, or by path)."""
-    path = _resolve_model_path(name_or_path, models_dir)
+    """The JSON model card of a shipped model (by name in models/, or by path). Outside the
+    repository a name is downloaded into the cache first, as by ``load_model``."""
+    path = _resolve_model_path(name_or_path, models_dir, fetch=True)
     card_path = path.with_suffix(".json")
     if not card_path.is_file():
         raise CheckpointError(f"missing card: {card_path} not found for {path}; a model is "
@@ -272,14 +284,16 @@ def load_model(name_or_path: str | Path, models_dir: str | Path | None = None,
     """Load a shipped model of any kind and its card: ``model, card = load_model("mnist-uncond")``.
 
     ``name_or_path``: a name in ``models_dir`` (default $SFS_MODELS_DIR, else the repo's
-    models/), or a path to a ``.safetensors`` file with its ``.json`` card beside it. ``kind``
+    models/, else, for sfs installed with pip, the cache ~/.cache/sfs/models, which downloads a
+    shipped model on first use: ``sfs.model_cache``), or a path to a ``.safetensors`` file with
+    its ``.json`` card beside it. ``kind``
     ("unet", "classifier", "autoencoder", "text2image"), when given, must be what the file holds.
     The weights are verified against the card first; the model comes back in fp32, eval mode.
     Book ch. 6, sec. "The shipped models".
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be None or one of {KINDS}, got {kind!r}")
-    path = _resolve_model_path(name_or_path, models_dir)
+    path = _resolve_model_path(name_or_path, models_dir, fetch=True)
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.safetensors"))
         raise FileNotFoundError(f"no model {path}; models in {path.parent}: {known}")

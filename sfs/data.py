@@ -1,5 +1,8 @@
 """Data: MNIST and Fashion-MNIST from IDX files, a bundled offline sample, and 2-D toy distributions.
 
+Colour data (CIFAR-10 from its standard archive, a folder of your own images) is read by
+``sfs.data_colour`` into the same ``ImageDataset``; ``load_dataset("cifar10")`` goes there.
+
 Book: "The data" (book/data.md). Images are float tensors in [-1, 1] of shape (N, 1, 28, 28): the
 range the forward process of book eq. (1.1) assumes, so that pure noise and data have the same scale.
 
@@ -33,7 +36,10 @@ CLASSES = {
     "mnist": [str(d) for d in range(10)],
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",  # 32x32 RGB: sfs.data_colour
+                "dog", "frog", "horse", "ship", "truck"],
 }
+SAMPLES = ("fashion-mnist", "mnist")  # the data sets with a bundled offline sample
 # torchvision's raw file names; the test split is called "t10k" in the original release.
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -48,7 +54,8 @@ SAMPLE_SIZE = 1000  # bundled test images per data set
 class ImageDataset:
     """A labelled image data set held in memory.
 
-    images: (N, 1, 28, 28) float32 in [-1, 1]; labels: (N,) int64 in [0, 10); classes: 10 names.
+    images: (N, C, H, W) float32 in [-1, 1], (N, 1, 28, 28) for MNIST and Fashion-MNIST,
+    (N, 3, 32, 32) for CIFAR-10; labels: (N,) int64 in [0, len(classes)); classes: the names.
     """
 
     name: str
@@ -154,13 +161,17 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | Path
                  download: bool = False) -> ImageDataset:
     """Load a full data set: images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64.
 
-    name: "mnist" or "fashion-mnist"; split: "train" (60,000) or "test" (10,000).
+    name: "mnist" or "fashion-mnist"; split: "train" (60,000) or "test" (10,000). "cifar10"
+    (50,000 / 10,000 images (N, 3, 32, 32)) is ``sfs.data_colour.load_cifar10``.
     """
     _check_name(name)
     _check_split(split)
     check_type("download", download, bool)
     if data_dir is not None:
         check_type("data_dir", data_dir, (str, os.PathLike), "a str or Path (a folder) or None")
+    if name == "cifar10":
+        from sfs.data_colour import load_cifar10
+        return load_cifar10(split, data_dir, download)
     folder = _resolve_dir(name, data_dir)
     paths = [_find(folder, stem) for stem in FILES[split]] if folder is not None else [None, None]
     if None in paths:
@@ -202,7 +213,7 @@ def _download(name: str, split: str, data_dir: str | Path | None) -> ImageDatase
 
 def load_sample(name: str = "mnist") -> ImageDataset:
     """The bundled offline sample: the first 1,000 test images of ``name``, shape (1000, 1, 28, 28)."""
-    _check_name(name)
+    check_choice("name (the data set)", name, SAMPLES)
     with resources.files("sfs.assets").joinpath(f"{name}-sample.npz").open("rb") as f:
         arrays = np.load(f, allow_pickle=False)
         images, labels = arrays["images"], arrays["labels"]
@@ -217,12 +228,12 @@ def load(name: str = "mnist", split: str = "train", data_dir: str | Path | None 
     What the chapters call: on a machine with the data they use it, offline they still run. The
     fallback to the sample is only for ``data_dir=None``: a ``data_dir`` given explicitly must hold
     the data (FileNotFoundError otherwise), so a mistyped folder is not silently replaced by the
-    1,000-image sample.
+    1,000-image sample. CIFAR-10 has no bundled sample: without its files this raises.
     """
     try:
         return load_dataset(name, split, data_dir)
     except FileNotFoundError:
-        if data_dir is not None:
+        if data_dir is not None or name not in SAMPLES:
             raise
         return load_sample(name)
 

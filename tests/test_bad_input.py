@@ -8,6 +8,7 @@ database is written). Run with ``--hypothesis-show-statistics`` to see how many 
 """
 
 import contextlib
+import functools
 import gzip
 import io
 import math
@@ -23,7 +24,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfs import data, metrics
+from sfs import data, data_colour, metrics
 from sfs.__main__ import main
 from sfs.classifier import ClassifierConfig, NoisyClassifier
 from sfs.guidance import CFGModel, ClassifierGuidedModel
@@ -430,6 +431,39 @@ def test_an_explicit_data_dir_that_does_not_exist_is_an_error_not_the_sample(nam
 def test_load_dataset_refuses_bad_arguments(arg):
     name, bad = arg
     refused(lambda: data.load_dataset(**{"name": "mnist", "split": "test", name: bad}), name)
+
+
+@FAST
+@given(st.one_of(st.tuples(st.just("split"), st.text(max_size=8).filter(lambda s: s not in data.FILES)),
+                 st.tuples(st.just("data_dir"), st.one_of(st.integers(), st.floats(), st.lists(st.text(), max_size=1))),
+                 st.tuples(st.just("download"), st.one_of(st.integers(), st.text(max_size=2), st.none()))))
+def test_load_cifar10_refuses_bad_arguments(arg):
+    name, bad = arg
+    refused(lambda: data_colour.load_cifar10(**{"split": "test", name: bad}), name)
+
+
+@functools.lru_cache(maxsize=1)
+def _image_folder() -> Path:
+    import atexit
+    import shutil
+
+    from PIL import Image
+    folder = Path(tempfile.mkdtemp(prefix="sfs-images-"))
+    atexit.register(shutil.rmtree, folder, True)
+    Image.new("RGB", (9, 7), (10, 200, 30)).save(folder / "one.png")
+    return folder
+
+
+@FAST
+@given(st.one_of(st.tuples(st.just("size"), bad_ints(low=4, high=4096)),
+                 st.tuples(st.just("folder"), st.one_of(st.integers(), st.floats(), st.none(),
+                                                        st.lists(st.text(), max_size=1))),
+                 st.tuples(st.just("folder"), st.text(alphabet="abcxyz-_", min_size=1, max_size=8).map(
+                     lambda n: Path(tempfile.gettempdir()) / "sfs-no-such-dir" / n))))
+def test_load_image_folder_refuses_bad_arguments(arg):
+    name, bad = arg
+    refused(lambda: data_colour.load_image_folder(**{"folder": _image_folder(), "size": 8, name: bad}), name)
+    assert data_colour.load_image_folder(_image_folder(), 8).images.shape == (1, 3, 8, 8)
 
 
 @FAST
