@@ -241,7 +241,7 @@ def entropy_bits(values) -> float:
         raise ValueError("values must be ints >= 0")
     p = torch.bincount(values).double() / values.numel()
     p = p[p > 0]
-    return float(-(p * p.log2()).sum())
+    return float(-(p * p.log2()).sum()) + 0.0  # + 0.0: one value gives 0.0, not -0.0
 
 
 POSITION_CELLS = 3  # the position grid of ``open_diversity``: 3 x 3 cells
