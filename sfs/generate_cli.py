@@ -26,6 +26,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-sd", help="text-to-image model name or path")
     p.add_argument("--autoencoder", default=None,
                    help="autoencoder name or path (default: the one named in the model's card)")
+    p.add_argument("--threads", type=int_arg(1, 256), default=1,
+                   help="CPU threads (default 1: a model this small gains little from more, and on a "
+                        "busy machine two threads that wait for each other can be many times slower)")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     except ValueError as e:
         parser.error(str(e))
     ae, _ = load_model(args.autoencoder or card["autoencoder"], kind="autoencoder")
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(args.threads)
     images = generate(args.prompt, model, ae, args.guidance_scale, args.steps, args.seed, args.n)
     save_grid(images, args.out, nrow=min(args.n, 8))
     print(f"wrote {args.n} image(s) for {args.prompt!r} to {args.out}", file=sys.stderr)
