@@ -6,7 +6,7 @@ are emulated, slower, where there are none) and on what else the machine is doin
 spin-wait on each other when another job holds a core). So instead of a rule, the loop times a
 few training steps of each candidate at start-up and keeps the fastest:
 
-    candidates = {fp32, bf16 autocast} x {1 thread, os.cpu_count() threads}   (minus what the user set)
+    candidates = {fp32, bf16 autocast} x {1 thread, all usable CPUs}   (minus what the user set)
     rate[c]    = images per second of c, over a few steps after one warm-up step (about 1-2 s
                  for each c; a warm-up step slower than 2 s is the measurement by itself)
     choice     = the first candidate in that order (fp32 before bf16, fewer threads before more)
@@ -35,6 +35,14 @@ import torch.nn as nn
 from sfs.validate import check_float, check_int, check_type
 
 Candidate = tuple[bool, int]  # (bf16, threads)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def candidates(cpu_count: int, bf16: bool | None = None, threads: int | None = None
@@ -153,7 +161,7 @@ def settle(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.
                 cfg.threads = saved.get("threads")
             cfg.cpu_settings = saved.get("cpu_settings")
     elif has_probe and cfg.probe and device.type == "cpu" and (cfg.bf16 is None or cfg.threads is None):
-        cands = candidates(os.cpu_count() or 1, cfg.bf16, cfg.threads)
+        cands = candidates(usable_cpus(), cfg.bf16, cfg.threads)
         before = torch.get_num_threads()
         with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG
             try:

@@ -103,7 +103,7 @@ def test_measure_rate_skips_the_warm_up_and_stops_after_min_s():
 # settle(): what a run records and applies.
 
 def test_settle_probes_what_is_unset_and_records_it(monkeypatch):
-    monkeypatch.setattr(cpu_probe.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpu_probe, "usable_cpus", lambda: 2)
     rates = dict(zip(candidates(2), [50.0, 80.0, 40.0, RuntimeError("no bf16")]))
     monkeypatch.setattr(cpu_probe, "training_step_rate", fake_rates(rates))
     cfg = TrainConfig(bf16=None, probe=True, device="cpu")
@@ -117,7 +117,7 @@ def test_settle_probes_what_is_unset_and_records_it(monkeypatch):
 
 
 def test_settle_respects_the_user_and_probes_only_on_cpu(monkeypatch):
-    monkeypatch.setattr(cpu_probe.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpu_probe, "usable_cpus", lambda: 2)
     calls = []
     monkeypatch.setattr(cpu_probe, "training_step_rate",
                         fake_rates(dict.fromkeys(candidates(2), 1.0), calls))
@@ -170,14 +170,13 @@ def test_bad_settings_name_the_parameter(field, value, error, match):
 # In a real (tiny) run: real steps, so the choice itself is whatever this machine measures.
 
 def test_probing_leaves_the_training_bit_exact(sample, tmp_path, monkeypatch):
-    monkeypatch.setattr(cpu_probe.os, "cpu_count", lambda: 1)  # one thread: quick on a busy machine
+    monkeypatch.setattr(cpu_probe, "usable_cpus", lambda: 1)  # one thread: quick on a busy machine
     quick = cpu_probe.measure_rate
     monkeypatch.setattr(cpu_probe, "measure_rate", lambda step: quick(step, min_s=0.1))
     probed = _cfg(tmp_path / "probed", bf16=None, probe=True)
     train(probed, dataset=sample, progress=False)
     settings = json.loads((tmp_path / "probed" / "config.json").read_text())["cpu_settings"]
-    assert set(settings["probe_img_s"]) == {cpu_probe.label(c) for c in candidates(
-        cpu_probe.os.cpu_count() or 1)}
+    assert set(settings["probe_img_s"]) == {"fp32, 1 thread", "bf16, 1 thread"}
     assert (settings["bf16"], settings["threads"]) == (probed.bf16, probed.threads)
     plain = _cfg(tmp_path / "plain", bf16=probed.bf16, threads=probed.threads)
     train(plain, dataset=sample, progress=False)
@@ -197,7 +196,7 @@ def test_probing_leaves_the_training_bit_exact(sample, tmp_path, monkeypatch):
 def test_the_cli_probes_and_the_card_records_it(tmp_path, monkeypatch, sample):
     import sfs.train
     monkeypatch.setattr(sfs.train, "load_dataset", lambda *a, **k: sample)
-    monkeypatch.setattr(cpu_probe.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(cpu_probe, "usable_cpus", lambda: 1)
     rates = {(False, 1): 10.0, (True, 1): 20.0}
     monkeypatch.setattr(cpu_probe, "training_step_rate", fake_rates(rates))
     models = tmp_path / "models"
