@@ -13,7 +13,8 @@ few training steps of each candidate at start-up and keeps the fastest:
                  whose rate is within ``margin`` (5 %) of the best rate
 
 The margin keeps timing noise from flipping the choice to the less plain setting. A candidate
-whose step raises (bf16 autocast unsupported) gets no rate and is never chosen.
+whose step raises (bf16 autocast unsupported) gets no rate and is never chosen. The probe times
+the model as built (not compiled, in the run's memory layout) at the run's batch size.
 
 The choice and the measured rates are recorded in the run's ``config.json`` as ``cpu_settings``
 (and from there in the model card). A resumed run never probes again: settings left unset take
@@ -90,7 +91,7 @@ def measure_rate(step: Callable[[], int], min_s: float = 0.5, max_steps: int = 3
     if warmup_s >= max_warmup_s:
         return n / warmup_s
     images, t0 = 0, clock()
-    for _ in range(max_steps):
+    for _ in range(max(1, max_steps)):
         images += step()
         elapsed = clock() - t0
         if elapsed >= min_s:
