@@ -460,6 +460,10 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
     plt.close(fig)
 
     cfg = card.get("config", {})
+    probed = card.get("cpu_settings")  # from sfs.cpu_probe, when a CPU run chose by timing
+    cpu_row = [("CPU settings", f"{'bf16' if probed['bf16'] else 'fp32'}, {probed['threads']} "
+                "thread(s), chosen by timing images/s at start-up: "
+                + ", ".join(f"{k} {v}" for k, v in probed["probe_img_s"].items()))] if probed else []
     rows = rows or [("architecture", f"sfs.unet.UNet, {card.get('params', '?'):,} parameters"
              if isinstance(card.get("params"), int) else "sfs.unet.UNet"),
             ("config", ", ".join(f"{k}={v}" for k, v in cfg.items())),
@@ -469,7 +473,7 @@ def write_model_card_md(md_path: str | Path, card: dict, samples: torch.Tensor,
             ("training", f"{card.get('steps')} steps, batch {card.get('batch_size')}, "
                          f"lr {card.get('lr')}, EMA {card.get('ema_decay')}"),
             ("final loss (mean of last 100 steps)", card.get("final_loss")),
-            ("wall time", f"{card.get('wall_time_s', 0):.0f} s on {card.get('machine')}"),
+            ("wall time", f"{card.get('wall_time_s', 0):.0f} s on {card.get('machine')}"), *cpu_row,
             ("code version", card.get("git_commit")),
             ("weights", f"{card.get('file')} ({card.get('dtype')}), sha256 {card.get('file_sha256')}")]
     lines = [f"# Model card: {stem}", "",

@@ -14,6 +14,9 @@ Everything random is drawn from ``generator`` (and torch's global RNG for dropou
 into the checkpoint, so a run that is killed and resumed ends with the same weights as one that
 never stopped.
 
+On a CPU, ``sfs.cpu_probe.settle`` first chooses bf16 autocast and the thread count, where the
+config leaves them to it, by timing a few steps of each (and a resumed run keeps its choice).
+
 ``cfg`` is any dataclass with the fields of ``LOOP_FIELDS`` and a ``to_dict()``; the run folder
 ``cfg.out`` holds ``config.json``, ``loss.jsonl`` (one line per step) and the last two states.
 """
@@ -32,6 +35,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from sfs import cpu_probe
 from sfs.checkpoints import (latest_training_state, load_training_state, save_training_state,
                              write_json)
 
@@ -44,7 +48,8 @@ LOOP_FIELDS = ("steps", "minutes", "batch_size", "lr", "warmup_steps", "weight_d
 # another device or precision changes it only by floating-point rounding.
 RESUMABLE_CHANGES = {"steps", "minutes", "data_dir", "device", "bf16", "channels_last", "compile",
                      "threads", "out", "ckpt_every", "sample_every", "sample_n", "sample_steps",
-                     "guidance_scale", "log_every", "export", "models_dir", "command"}
+                     "guidance_scale", "log_every", "export", "models_dir", "command", "probe",
+                     "cpu_settings"}
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
@@ -174,8 +179,10 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
 
     step, wall_time = 0, 0.0
     state = latest_training_state(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text()) if state is not None else None
+    cpu_probe.settle(cfg, model, loss_fn, n_data, device, saved)  # bf16 and threads, see there
     if state is not None:
-        saved, now = json.loads((run_dir / "config.json").read_text()), cfg.to_dict()
+        now = cfg.to_dict()
         differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if differ:
             changes = ", ".join(f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in differ)
@@ -195,6 +202,9 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
         n_params = sum(p.numel() for p in model.parameters())
         bar.write(f"{n_params:,} parameters on {machine_name(device)}; "
                   f"{f'resuming at step {step}' if step else 'starting'} in {run_dir}")
+        if getattr(cfg, "cpu_settings", None):
+            bar.write(f"CPU settings: {cpu_probe.label((cfg.bf16, cfg.threads))}, chosen by "
+                      f"timing images/s: {cfg.cpu_settings['probe_img_s']}")
     pending: list[tuple[int, float, dict]] = []  # (step, lr, tensors) kept until a flush
     perm_cache: dict = {}
     t_start, t_flush, imgs_since = time.perf_counter(), time.perf_counter(), 0

@@ -62,7 +62,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the weights, warmed up as min(decay, (1 + s) / (10 + s))
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
-    bf16: bool = False  # bfloat16 autocast for the forward pass
+    bf16: bool | None = False  # bfloat16 autocast for the forward pass; None: the CPU probe chooses
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: as set, or the probe's
+    probe: bool = False  # on a CPU, time fp32/bf16 and 1/all threads for those left None (sfs.cpu_probe)
+    cpu_settings: dict | None = None  # filled in by the probe: its choice and measured images/s
     channels_last: bool = False  # NHWC memory layout
     compile: bool = False  # torch.compile the training forward
     out: str = "runs/default"  # run folder: checkpoints, loss log, sample grids
@@ -280,7 +283,7 @@ def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageD
         "conditional": cfg.conditional, "label_dropout": cfg.label_dropout if cfg.conditional else None,
         "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup_steps": cfg.warmup_steps, "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
-        "bf16": cfg.bf16, "seed": cfg.seed,
+        "bf16": cfg.bf16, "cpu_settings": cfg.cpu_settings, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
         "wall_time_s": round(wall_time, 1), "machine": machine_name(device),
         "torch": torch.__version__, "command": cfg.command or f"sfs.train.train({cfg!r})",

@@ -118,6 +118,7 @@ def test_cli_trains_exports_and_the_export_loads(tmp_path, monkeypatch):
     main(["train", "--data", "mnist", "--steps", "2", "--batch-size", "8", "--base-channels", "8",
           "--channel-mults", "1,2", "--attn-resolutions", "", "--num-res-blocks", "1", "--num-heads", "2",
           "--sample-every", "2", "--sample-n", "4", "--sample-steps", "2", "--device", "cpu",
+          "--threads", "1",  # as the rest of the suite (conftest.py); bf16 is left to the probe
           "--out", str(tmp_path / "run"), "--export", "tiny", "--models-dir", str(models),
           "--no-progress"])
     model, card = load_model("tiny", models_dir=models)
