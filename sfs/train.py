@@ -120,6 +120,7 @@ def cifar10_config() -> TrainConfig:
     return TrainConfig(model=model, data="cifar10", schedule="linear", T=1000, target="eps",
                        steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
                        weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999, bf16=True,
+                       probe=True,  # as the command line: on a CPU, time the thread counts at start-up
                        ckpt_every=10_000, sample_every=20_000, out="runs/cifar10-uncond")
 
 
