@@ -255,3 +255,17 @@ def test_toy_model_is_batch_independent_and_prompt_dependent():
     both = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([ids, null]))
     assert torch.equal(both[: len(z)], model(z, t, ids)) and torch.equal(both[len(z):], model(z, t, null))
     assert (model(z, t, ids) - model(z, t, null)).abs().min() > 0      # the prompt moves every value
+
+
+def test_the_chapters_first_attempts_get_the_hints_the_text_expects():
+    """Book ch. 11 shows a first attempt before each solution: no mask, and cond/uncond swapped."""
+    def first_attention(q, k, v, mask):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        return scores.softmax(dim=-1) @ v
+
+    def first_cfg(model, z_t, t, ids, null_ids, w):
+        eps_cond, eps_uncond = model(z_t, t, ids), model(z_t, t, null_ids)
+        return eps_cond + w * (eps_uncond - eps_cond)
+
+    assert "forgot the padding mask" in tc.masked_cross_attention.grade(first_attention).message
+    assert "w and 1 - w are swapped" in tc.cfg_on_prompts.grade(first_cfg).message
