@@ -102,7 +102,8 @@ def generate(prompts: str | list[str], model: TextToImage, autoencoder: nn.Modul
     """Draw images for prompts: (len(prompts) * n_per_prompt, 3, H, W) in [-1, 1].
 
     The pipeline of Rombach et al. 2022, fig. 3: tokens, the guided model (``CFGModel`` on prompts), DPM-Solver++(2M)
-    from Gaussian latents, then the autoencoder's decoder. callback(i, t, z_t, z0_hat) as the samplers'.
+    from Gaussian latents, then the autoencoder's decoder. callback(dict(i=i, t=t, x_t=z_t, x0_hat=z0_hat)) once per
+    model evaluation, as the samplers' (book ch. 11, sec. "Where the words look", collects attention maps with it).
     """
     from sfs.guidance import CFGModel
     from sfs.samplers import dpm_solver_2m_sample
