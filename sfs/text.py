@@ -1,17 +1,17 @@
 """Text in: a word-level tokenizer and a small transformer text encoder, trained from scratch.
 
-Text conditioning (the book's chapter 11, to come). Stable Diffusion reads prompts with CLIP's byte-pair encoding, which
-splits any string into sub-word pieces from a 49,408-entry vocabulary learned on the web; our
-captions come from a small grammar (``sfs.canvas``), so a vocabulary of its words is enough, and a
-word outside it is an error (or ``<unk>``, if asked) instead of a silent guess:
+Book ch. 11, sec. "Tokens and embeddings". Stable Diffusion reads prompts with CLIP's byte-pair
+encoding, which splits any string into sub-word pieces from a 49,408-entry vocabulary learned on
+the web; our captions come from a small grammar (``sfs.canvas``), so a vocabulary of its words is
+enough, and a word outside it is an error (or ``<unk>``, if asked) instead of a silent guess:
 
     "a red 3 left of a blue 7" -> [<bos>, a, red, 3, left, of, a, blue, 7, <eos>, <pad>, ...]
 
-The encoder embeds tokens, adds learned position
-embeddings and runs pre-norm transformer blocks (Vaswani et al. 2017) whose self-attention skips
-the padding; it returns per-token states (B, L, D) and the padding mask (B, L), which the U-Net's
+The encoder embeds tokens, adds learned position embeddings (Book eq. (11.1)) and runs pre-norm
+transformer blocks (Book eq. (11.2); Vaswani et al. 2017) whose self-attention skips the padding;
+it returns per-token states (B, L, D) and the padding mask (B, L), which the U-Net's
 cross-attention reads. The empty prompt "" is [<bos>, <eos>]: the "no prompt" of classifier-free
-guidance.
+guidance (Book eq. (11.5)).
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class TextEncoderConfig:
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: x + MHA(LN(x), mask), then x + MLP(LN(x)). (B, L, D) -> (B, L, D).
 
-    Vaswani et al. 2017 (pre-norm as in GPT-2); the attention of book ch. 5, sec. "Self-attention", over tokens.
+    Book eq. (11.2); Vaswani et al. 2017 (pre-norm as in GPT-2); the attention of book ch. 5,
+    sec. "Self-attention", over tokens, with the padded keys masked as in Book eq. (11.4).
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -148,7 +149,10 @@ class TransformerBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids (B, L) int64 -> TextContext(states (B, L, D), mask (B, L)): token and position embeddings, blocks, a final LayerNorm."""
+    """ids (B, L) int64 -> TextContext(states (B, L, D), mask (B, L)): token and position embeddings, blocks, a final LayerNorm.
+
+    Book ch. 11, sec. "The text encoder": Book eqs. (11.1)-(11.2).
+    """
 
     def __init__(self, config: TextEncoderConfig):
         super().__init__()

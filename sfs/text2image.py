@@ -3,7 +3,7 @@
 Book ch. 12, "A tiny Stable Diffusion". The model keeps the contract of every sfs model,
 ``eps_hat = model(z_t, t, ids)``, where ``ids`` (B, L) are the tokenised prompts; the text
 encoder runs inside, so every sampler and the guidance wrapper work unchanged. Its "no prompt" is
-the empty prompt ``null_cond`` (for classifier-free guidance, book eq. (8.2)). ``generate`` is the
+the empty prompt ``null_cond`` (for classifier-free guidance, Book eqs. (8.2) and (11.5)). ``generate`` is the
 whole pipeline:
 
     prompt -> Tokenizer -> ids -> [TextEncoder -> U-Net] eps_hat, with CFG -> DPM-Solver++(2M)
@@ -74,7 +74,7 @@ class TextToImage(nn.Module):
         self.unet = UNet(self.config.unet)
 
     def null_cond(self, batch: int, device=None) -> torch.Tensor:
-        """The empty prompt's ids, (batch, L): the "no prompt" of classifier-free guidance."""
+        """The empty prompt's ids, (batch, L): the "no prompt" of classifier-free guidance, Book eq. (11.5)."""
         return self.tokenizer.encode([""] * batch).to(device)
 
     def check_cond(self, cond: torch.Tensor | None, batch: int) -> None:
@@ -89,7 +89,8 @@ class TextToImage(nn.Module):
         return self.unet(x_t, t, self.text_encoder(cond))
 
     def cross_attention_layers(self) -> list[nn.Module]:
-        """The U-Net's cross-attention blocks, in forward order (for attention maps)."""
+        """The U-Net's cross-attention blocks, in forward order (for attention maps, book ch. 11,
+        sec. "Where the words look")."""
         from sfs.unet import CrossAttention
         return [m for m in self.unet.modules() if isinstance(m, CrossAttention)]
 
@@ -102,8 +103,9 @@ def generate(prompts: str | list[str], model: TextToImage, autoencoder: nn.Modul
 
     Book eqs. (12.1)-(12.4), the pipeline of Rombach et al. 2022, fig. 3: tokens and the text
     encoder (12.1), the guided model ``CFGModel`` on prompts (12.2), DPM-Solver++(2M) from Gaussian
-    latents (12.3), then the autoencoder's decoder (12.4). callback receives the samplers' dicts
-    (i, t, x_t, x0_hat), here latents (B, 4, h, w).
+    latents (12.3), then the autoencoder's decoder (12.4). callback(dict(i=i, t=t, x_t=z_t,
+    x0_hat=z0_hat)) once per model evaluation, as the samplers', with latents (B, 4, h, w) (book
+    ch. 11, sec. "Where the words look", collects attention maps with it).
     """
     from sfs.guidance import CFGModel
     from sfs.samplers import dpm_solver_2m_sample

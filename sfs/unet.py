@@ -196,8 +196,8 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Cross-attention from the image to the text: (B, C, H, W), TextContext -> (B, C, H, W), residual.
 
-    Rombach et al. 2022, sec. 3.3, eq. (3) (the book's chapter 11, to come). Queries come from the H*W image positions,
-    keys and values from the L text tokens (Rombach et al. 2022, sec. 3.3):
+    Book eqs. (11.3)-(11.4); Rombach et al. 2022, sec. 3.3, eq. (3). Queries come from the H*W image
+    positions, keys and values from the L text tokens:
     softmax(Q K^T / sqrt(head_dim), over the tokens that are not padding) V. The output
     projection starts at zero, so a fresh block passes the image through unchanged. With
     ``store_attention = True`` the weights of the last call, averaged over heads, are kept in

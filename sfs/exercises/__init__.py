@@ -30,6 +30,7 @@ Exercises by chapter (module: exercises):
 - ``guidance``: cfg, classifier_guided_eps
 - ``evaluation``: gaussian_stats, frechet_distance
 - ``latent_space``: gaussian_kl_to_standard, latent_scale_factor
+- ``text_conditioning``: masked_cross_attention, cfg_on_prompts
 - ``tiny_sd``: pipeline, entropy_bits
 
 ``all_exercises()`` lists every exercise with its chapter; the grading core is ``sfs.exercises.core``.
@@ -42,7 +43,7 @@ from importlib import import_module
 from sfs.exercises.core import Exercise, Result
 
 CHAPTERS = ("forward_process", "schedules", "elbo", "parameterizations", "unet", "training",
-            "sampling", "guidance", "evaluation", "latent_space", "tiny_sd")
+            "sampling", "guidance", "evaluation", "latent_space", "text_conditioning", "tiny_sd")
 
 
 def all_exercises() -> list[tuple[str, Exercise]]:
