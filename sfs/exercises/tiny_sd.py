@@ -30,6 +30,9 @@ from sfs.unet import UNetConfig
 
 def pipeline_solution(prompts, model, autoencoder, guidance_scale, steps, seed):
     """prompts (list of B strings) -> images (B, 3, H, W) in [-1, 1]: what ``generate`` does."""
+    from sfs.guidance import CFGModel
+    from sfs.samplers import dpm_solver_2m_sample
+    from sfs.schedules import cosine_schedule
     ids = model.tokenizer.encode(prompts)                               # (B, L), eq. (12.1)'s tokens
     c = model.config.unet
     g = torch.Generator().manual_seed(seed)
