@@ -1,0 +1,158 @@
+"""Data-parallel training (sfs.distributed): two gloo processes on the CPU train what one does.
+
+One spawn of two ranks runs three jobs (the slow part is starting the processes, not training):
+(a) a run from scratch, (b) a resume on 2 ranks of a 1-rank run, (c) a run whose rank 1 dies
+after step 3. Each is checked against one straight 1-rank run at the same global batch.
+"""
+
+import json
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from sfs import distributed
+from sfs.data import load_sample
+from sfs.train import TrainConfig, train
+from sfs.unet import UNetConfig
+
+# dropout 0: the one draw made on a rank's own rows (see sfs.distributed), so off for exactness
+TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, attn_resolutions=(),
+            dropout=0.0)
+STEPS, DIED_AT = 4, 3
+# lr 1e-4: Adam divides each gradient by its running size, so for a weight whose gradients nearly
+# cancel, the last-bit differences of the summation order grow to a few percent of lr; at 1e-4
+# they stay below ATOL while every step still moves the weights by far more (checked below)
+LR, ATOL = 1e-4, 1e-5
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    return TrainConfig(model=UNetConfig(**TINY), steps=STEPS, batch_size=8, lr=LR, warmup_steps=2,
+                       conditional=True, ckpt_every=2, sample_every=4, sample_n=4, sample_steps=2,
+                       log_every=1, out=str(out), device="cpu", **kw)
+
+
+def _sample():
+    data = load_sample("mnist")
+    data.images, data.labels = data.images[:64], data.labels[:64]
+    return data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _record_writes(root: str, written: list) -> None:
+    """Record every file that this process creates, opens for writing, renames or removes under root."""
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, os.PathLike)) and args[2] & write_flags:
+            paths = [args[0]]
+        elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "os.truncate"):
+            paths = [a for a in args[:2] if isinstance(a, (str, os.PathLike))]
+        else:
+            return
+        written.extend(str(p) for p in paths if os.fspath(p).startswith(root))
+    sys.addaudithook(hook)
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    # what torchrun sets for each process it starts
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed.init_from_env()
+    written: list = []
+    if rank == 1:
+        _record_writes(tmp, written)
+    data = _sample()
+    train(_cfg(f"{tmp}/two"), dataset=data, progress=False)       # (a)
+    train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)   # (b) resumes at step 2
+    assert written == [], f"rank 1 wrote {written}"
+    distributed.barrier()
+    if rank == 0:
+        open(f"{tmp}/a-b-done", "w").close()
+
+    def die(step):  # (c): rank 1 is killed after step 3, one step after the state of step 2
+        if rank == 1 and step == DIED_AT:
+            os._exit(7)
+    try:
+        train(_cfg(f"{tmp}/killed"), dataset=data, progress=False, on_step=die)
+    except RuntimeError:  # rank 0: gloo reports the lost peer
+        os._exit(7)
+
+
+def _state(run_dir, step=STEPS) -> dict:
+    return {k: v for k, v in load_file(str(run_dir / f"state-{step:07d}.safetensors")).items()
+            if k.startswith(("model.", "ema."))}
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a, b) -> None:
+    """Same weights and EMA (to float tolerance: the ranks sum gradients in another order), same log."""
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=ATOL, rtol=0, msg=k)
+    la, lb = _log(a), _log(b)
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, STEPS + 1))
+    for ra, rb in zip(la, lb):
+        assert ra["lr"] == rb["lr"] and abs(ra["loss"] - rb["loss"]) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = _sample()
+    train(_cfg(tmp / "one"), dataset=data, progress=False)  # the reference: 1 rank, batch 8
+    shutil.copytree(tmp / "one", tmp / "one-two")  # as if killed before the state of step 4
+    for f in (tmp / "one-two").glob("state-0000004.*"):
+        f.unlink()
+    with pytest.raises(mp.ProcessExitedException) as died:  # 2 ranks, 4 images each
+        mp.spawn(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True)
+    assert (tmp / "a-b-done").is_file(), "jobs (a) and (b) failed"
+    assert died.value.exit_code == 7
+    return tmp
+
+
+def test_two_ranks_train_what_one_rank_trains_at_the_same_global_batch(runs):
+    _assert_same_run(runs / "one", runs / "two")
+    # the tolerance is strict: two steps move the weights ten times further than it
+    moved = max((a - b).abs().max().item()
+                for a, b in zip(_state(runs / "one").values(), _state(runs / "one", 2).values()))
+    assert moved > 10 * ATOL
+
+
+def test_only_rank_0_writes_and_both_world_sizes_write_the_same_files(runs):
+    # rank 1 recorded no write (asserted in _worker); rank 0 wrote what a single process writes
+    names = {p.relative_to(runs / "one") for p in (runs / "one").rglob("*")}
+    assert names == {p.relative_to(runs / "two") for p in (runs / "two").rglob("*")}
+    assert any(n.parts[0] == "samples" for n in names)
+
+
+def test_a_one_rank_run_resumes_on_two_ranks(runs):
+    _assert_same_run(runs / "one", runs / "one-two")
+
+
+def test_a_killed_two_rank_run_resumes_on_one_rank_and_loses_nothing(runs):
+    killed = runs / "killed"
+    assert sorted(p.name for p in killed.glob("state-*.json")) == ["state-0000002.json"]
+    train(_cfg(killed), dataset=_sample(), progress=False)  # 1 rank, from step 2
+    _assert_same_run(runs / "one", killed)
+
+
+def test_a_batch_that_does_not_split_evenly_over_the_ranks_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(ValueError, match="multiple of the number of ranks"):
+        train(_cfg(tmp_path), dataset=_sample(), progress=False)
