@@ -142,11 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    distributed.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the other ranks
+    joined = distributed.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the other ranks
     try:
         _run(args, argv, p_train, p_ae, p_t2i, p_gen)
     finally:
-        distributed.close()
+        if joined:
+            distributed.close()
 
 
 def _run(args, argv, p_train, p_ae, p_t2i, p_gen) -> None:

@@ -34,18 +34,22 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
-def init_from_env() -> None:
+def init_from_env() -> bool:
     """Join the process group that torchrun describes (``WORLD_SIZE`` > 1); otherwise nothing.
+    True if it joined one now (and the caller should ``close`` it).
 
     CUDA tensors go through NCCL and CPU tensors through gloo; each rank uses GPU ``LOCAL_RANK``.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
+        return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank < torch.cuda.device_count():  # else: more ranks than GPUs, for --device cpu
+            torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
+    return True
 
 
 def rank() -> int:
@@ -116,6 +120,7 @@ def seed_dropout(seed: int, step: int) -> None:
 
 
 def close() -> None:
-    """Leave the process group, if any."""
+    """Wait for every rank (rank 0 may still be exporting), then leave the process group, if any."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

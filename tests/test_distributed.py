@@ -1,10 +1,12 @@
 """Data-parallel training (sfs.distributed): two gloo processes on the CPU train what one does.
 
-One spawn of two ranks runs three jobs (the slow part is starting the processes, not training):
-(a) a run from scratch, (b) a resume on 2 ranks of a 1-rank run, (c) a run whose rank 1 dies
-after step 3. Each is checked against one straight 1-rank run at the same global batch.
+One start of two ranks, set up as torchrun sets up its processes, runs three jobs: (a) the
+command line ``python -m sfs train ... --export``, from scratch, (b) a resume on 2 ranks of a
+1-rank run, (c) a run whose rank 1 dies after step 3, resumed afterwards on 1 rank. Each is
+checked against one straight 1-rank run at the same global batch.
 """
 
+import faulthandler
 import json
 import os
 import shutil
@@ -16,7 +18,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+import sfs.train
 from sfs import distributed
+from sfs.__main__ import main
 from sfs.data import load_sample
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
@@ -43,10 +47,15 @@ def _sample():
     return data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_ports(n: int) -> tuple[int, ...]:
+    """n distinct ports that nothing listens on now (MASTER_PORT for each process group)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = tuple(s.getsockname()[1] for s in sockets)
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def _record_writes(root: str, written: list) -> None:
@@ -64,18 +73,32 @@ def _record_writes(root: str, written: list) -> None:
     sys.addaudithook(hook)
 
 
-def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+def _cli_args(out: str, models: str) -> list[str]:
+    """The command line of _cfg(out), with an export."""
+    return ["train", "--steps", str(STEPS), "--batch-size", "8", "--lr", str(LR), "--warmup-steps", "2",
+            "--conditional", "--ckpt-every", "2", "--sample-every", "4", "--sample-n", "4",
+            "--sample-steps", "2", "--log-every", "1", "--device", "cpu", "--base-channels", "8",
+            "--channel-mults", "1,2", "--num-res-blocks", "1", "--num-heads", "2",
+            "--attn-resolutions", "", "--dropout", "0", "--out", out, "--export", "tiny",
+            "--models-dir", models, "--no-progress"]
+
+
+def _worker(rank: int, world: int, ports: tuple[int, int], tmp: str) -> None:
     # what torchrun sets for each process it starts
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    distributed.init_from_env()
+    faulthandler.dump_traceback_later(60, exit=True)  # a hung rank fails with its stack, not silently
     written: list = []
     if rank == 1:
         _record_writes(tmp, written)
     data = _sample()
-    train(_cfg(f"{tmp}/two"), dataset=data, progress=False)       # (a)
-    train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)   # (b) resumes at step 2
+    sfs.train.load_dataset = lambda *args, **kw: data  # in this child process only
+    main(_cli_args(f"{tmp}/two", f"{tmp}/models"))                 # (a): joins and leaves the group
+    assert not torch.distributed.is_initialized()
+    os.environ["MASTER_PORT"] = str(ports[1])  # a new group, a new port: no race with the old one
+    distributed.init_from_env()
+    train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)    # (b) resumes at step 2
     assert written == [], f"rank 1 wrote {written}"
     distributed.barrier()
     if rank == 0:
@@ -119,8 +142,11 @@ def runs(tmp_path_factory):
     shutil.copytree(tmp / "one", tmp / "one-two")  # as if killed before the state of step 4
     for f in (tmp / "one-two").glob("state-0000004.*"):
         f.unlink()
+    # fork: the children inherit the imported torch (about 1 s here, against 15 s to import it
+    # afresh in two processes on a busy 2-core machine)
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
     with pytest.raises(mp.ProcessExitedException) as died:  # 2 ranks, 4 images each
-        mp.spawn(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True)
+        mp.start_processes(_worker, args=(2, _free_ports(2), str(tmp)), nprocs=2, start_method=method)
     assert (tmp / "a-b-done").is_file(), "jobs (a) and (b) failed"
     assert died.value.exit_code == 7
     return tmp
@@ -139,6 +165,8 @@ def test_only_rank_0_writes_and_both_world_sizes_write_the_same_files(runs):
     names = {p.relative_to(runs / "one") for p in (runs / "one").rglob("*")}
     assert names == {p.relative_to(runs / "two") for p in (runs / "two").rglob("*")}
     assert any(n.parts[0] == "samples" for n in names)
+    card = json.loads((runs / "models" / "tiny.json").read_text())  # the export, by rank 0
+    assert card["steps"] == STEPS and card["batch_size"] == 8
 
 
 def test_a_one_rank_run_resumes_on_two_ranks(runs):
