@@ -1,9 +1,10 @@
 """Data-parallel training (sfs.distributed): two gloo processes on the CPU train what one does.
 
-One start of two ranks, set up as torchrun sets up its processes, runs three jobs: (a) the
+One start of two ranks, set up as torchrun sets up its processes, runs four jobs: (a) the
 command line ``python -m sfs train ... --export``, from scratch, (b) a resume on 2 ranks of a
-1-rank run, (c) a run whose rank 1 dies after step 3, resumed afterwards on 1 rank. Each is
-checked against one straight 1-rank run at the same global batch.
+1-rank run, (d) the autoencoder, another model kind through the same loop, (c) a run whose rank 1
+dies after step 3, resumed afterwards on 1 rank. Each is checked against one straight 1-rank run
+at the same global batch.
 """
 
 import faulthandler
@@ -21,8 +22,11 @@ from safetensors.torch import load_file
 import sfs.train
 from sfs import distributed
 from sfs.__main__ import main
+from sfs.autoencoder import Autoencoder, AutoencoderConfig
+from sfs.canvas import make_canvases
 from sfs.data import load_sample
 from sfs.train import TrainConfig, train
+from sfs.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
 from sfs.unet import UNetConfig
 
 # dropout 0: the one draw made on a rank's own rows (see sfs.distributed), so off for exactness
@@ -39,6 +43,12 @@ def _cfg(out, **kw) -> TrainConfig:
     return TrainConfig(model=UNetConfig(**TINY), steps=STEPS, batch_size=8, lr=LR, warmup_steps=2,
                        conditional=True, ckpt_every=2, sample_every=4, sample_n=4, sample_steps=2,
                        log_every=1, out=str(out), device="cpu", **kw)
+
+
+def _ae_cfg(out) -> AutoencoderTrainConfig:
+    return AutoencoderTrainConfig(model=AutoencoderConfig(base_channels=8, channel_mults=(1, 2, 2)),
+                                  steps=STEPS, batch_size=8, lr=LR, warmup_steps=2, ckpt_every=2,
+                                  sample_every=0, log_every=1, device="cpu", out=str(out))
 
 
 def _sample():
@@ -99,10 +109,11 @@ def _worker(rank: int, world: int, ports: tuple[int, int], tmp: str) -> None:
     os.environ["MASTER_PORT"] = str(ports[1])  # a new group, a new port: no race with the old one
     distributed.init_from_env()
     train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)    # (b) resumes at step 2
+    train_autoencoder(_ae_cfg(f"{tmp}/ae-two"), make_canvases(64, seed=0), progress=False)  # (d)
     assert written == [], f"rank 1 wrote {written}"
     distributed.barrier()
     if rank == 0:
-        open(f"{tmp}/a-b-done", "w").close()
+        open(f"{tmp}/a-b-d-done", "w").close()
 
     def die(step):  # (c): rank 1 is killed after step 3, one step after the state of step 2
         if rank == 1 and step == DIED_AT:
@@ -139,6 +150,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = _sample()
     train(_cfg(tmp / "one"), dataset=data, progress=False)  # the reference: 1 rank, batch 8
+    train_autoencoder(_ae_cfg(tmp / "ae-one"), make_canvases(64, seed=0), progress=False)
     shutil.copytree(tmp / "one", tmp / "one-two")  # as if killed before the state of step 4
     for f in (tmp / "one-two").glob("state-0000004.*"):
         f.unlink()
@@ -147,7 +159,7 @@ def runs(tmp_path_factory):
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     with pytest.raises(mp.ProcessExitedException) as died:  # 2 ranks, 4 images each
         mp.start_processes(_worker, args=(2, _free_ports(2), str(tmp)), nprocs=2, start_method=method)
-    assert (tmp / "a-b-done").is_file(), "jobs (a) and (b) failed"
+    assert (tmp / "a-b-d-done").is_file(), "jobs (a), (b) or (d) failed"
     assert died.value.exit_code == 7
     return tmp
 
@@ -167,6 +179,23 @@ def test_only_rank_0_writes_and_both_world_sizes_write_the_same_files(runs):
     assert any(n.parts[0] == "samples" for n in names)
     card = json.loads((runs / "models" / "tiny.json").read_text())  # the export, by rank 0
     assert card["steps"] == STEPS and card["batch_size"] == 8
+
+
+def test_the_autoencoder_trains_the_same_on_two_ranks(runs):
+    # the same loss at every step and the same function. Not the same weights to ATOL: the biases
+    # that a GroupNorm cancels get only rounding noise as gradient, which Adam scales up to ~lr
+    la, lb = _log(runs / "ae-one"), _log(runs / "ae-two")
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, STEPS + 1))
+    for ra, rb in zip(la, lb):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5 and abs(ra["kl"] - rb["kl"]) < 1e-5
+    x = make_canvases(8, seed=1).images_float()
+    outs = []
+    for name in ("ae-one", "ae-two"):
+        ae = Autoencoder(_ae_cfg(name).model)
+        ae.load_state_dict({k[6:]: v for k, v in _state(runs / name).items() if k.startswith("model.")})
+        with torch.no_grad():
+            outs.append(ae.decode(ae.encode(x)))
+    torch.testing.assert_close(outs[0], outs[1], atol=ATOL, rtol=ATOL)
 
 
 def test_a_one_rank_run_resumes_on_two_ranks(runs):
