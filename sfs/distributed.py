@@ -13,7 +13,8 @@ The rules that make N ranks train the same model as one process (``sfs.loop`` fo
 - The global batch is ``cfg.batch_size`` for every N: the batch of step s is the same
   ``batch_indices(n, batch_size, seed, s)`` on every rank, so the data order does not depend on N.
 - Every rank draws the random numbers of the whole global batch (t, eps, label dropout) from the
-  same generator, and keeps its rows with ``shard`` just before the network. One rank at batch 2B
+  same generator, seeded with ``cfg.seed`` on every rank (not per rank), and keeps its rows with
+  ``shard`` just before the network. One rank at batch 2B
   and two ranks at batch B each then see exactly the same images and noise, and the results agree
   up to the order of the floating-point sum of the gradients. The generators of all ranks stay
   in the same state, so rank 0's copy in the training state is everyone's.
@@ -21,7 +22,8 @@ The rules that make N ranks train the same model as one process (``sfs.loop`` fo
   RNG, which ``seed_dropout`` reseeds at every step from (seed, step, rank) when N > 1: the result
   for a given N is deterministic and a resumed run draws what an uninterrupted one would.
 - Only rank 0 writes (training states, loss log, sample grids, exports); the others wait at a
-  ``barrier`` where they must not run ahead. The training state holds the unwrapped model, so a
+  ``barrier`` where they must not run ahead. The logged loss is the mean over the ranks (the
+  global batch's loss), and a time limit (``cfg.minutes``) stops every rank at the same step. The training state holds the unwrapped model, so a
   run resumes from any checkpoint with any number of ranks.
 """
 
