@@ -1,10 +1,10 @@
 """Data-parallel training (sfs.distributed): two gloo processes on the CPU train what one does.
 
-One start of two ranks, set up as torchrun sets up its processes, runs four jobs: (a) the
+One start of two ranks, set up as torchrun sets up its processes, runs these jobs: (a) the
 command line ``python -m sfs train ... --export``, from scratch, (b) a resume on 2 ranks of a
-1-rank run, (d) the autoencoder, another model kind through the same loop, (c) a run whose rank 1
-dies after step 3, resumed afterwards on 1 rank. Each is checked against one straight 1-rank run
-at the same global batch.
+1-rank run, (d) the autoencoder, another model kind through the same loop, (e) with dropout, a
+straight run and a resumed one, (c) a run whose rank 1 dies after step 3, resumed afterwards on
+1 rank. Each is checked against a straight run.
 """
 
 import faulthandler
@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,8 +40,8 @@ STEPS, DIED_AT = 4, 3
 LR, ATOL = 1e-4, 1e-5
 
 
-def _cfg(out, **kw) -> TrainConfig:
-    return TrainConfig(model=UNetConfig(**TINY), steps=STEPS, batch_size=8, lr=LR, warmup_steps=2,
+def _cfg(out, dropout: float = 0.0, **kw) -> TrainConfig:
+    return TrainConfig(model=UNetConfig(**{**TINY, "dropout": dropout}), steps=STEPS, batch_size=8, lr=LR, warmup_steps=2,
                        conditional=True, ckpt_every=2, sample_every=4, sample_n=4, sample_steps=2,
                        log_every=1, out=str(out), device="cpu", **kw)
 
@@ -110,6 +111,14 @@ def _worker(rank: int, world: int, ports: tuple[int, int], tmp: str) -> None:
     distributed.init_from_env()
     train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)    # (b) resumes at step 2
     train_autoencoder(_ae_cfg(f"{tmp}/ae-two"), make_canvases(64, seed=0), progress=False)  # (d)
+    train(_cfg(f"{tmp}/drop", dropout=0.1), dataset=data, progress=False)  # (e) straight
+    rng = [None, None]  # the ranks' dropout streams (torch's global RNG) must differ
+    torch.distributed.all_gather_object(rng, torch.get_rng_state().tolist())
+    assert rng[0] != rng[1], "both ranks drew the same dropout masks"
+    if rank == 0:  # the test, not sfs, copies the run as if it had been killed after step 3
+        _copy_without_last_state(f"{tmp}/drop", f"{tmp}/drop-resumed")
+    distributed.barrier()
+    train(_cfg(f"{tmp}/drop-resumed", dropout=0.1), dataset=data, progress=False)  # (e) resumed
     assert written == [], f"rank 1 wrote {written}"
     distributed.barrier()
     if rank == 0:
@@ -122,6 +131,12 @@ def _worker(rank: int, world: int, ports: tuple[int, int], tmp: str) -> None:
         train(_cfg(f"{tmp}/killed"), dataset=data, progress=False, on_step=die)
     except RuntimeError:  # rank 0: gloo reports the lost peer
         os._exit(7)
+
+
+def _copy_without_last_state(src, dst) -> None:
+    shutil.copytree(src, dst)
+    for f in Path(dst).glob(f"state-{STEPS:07d}.*"):
+        f.unlink()
 
 
 def _state(run_dir, step=STEPS) -> dict:
@@ -151,9 +166,7 @@ def runs(tmp_path_factory):
     data = _sample()
     train(_cfg(tmp / "one"), dataset=data, progress=False)  # the reference: 1 rank, batch 8
     train_autoencoder(_ae_cfg(tmp / "ae-one"), make_canvases(64, seed=0), progress=False)
-    shutil.copytree(tmp / "one", tmp / "one-two")  # as if killed before the state of step 4
-    for f in (tmp / "one-two").glob("state-0000004.*"):
-        f.unlink()
+    _copy_without_last_state(tmp / "one", tmp / "one-two")  # as if killed after step 3
     # fork: the children inherit the imported torch (about 1 s here, against 15 s to import it
     # afresh in two processes on a busy 2-core machine)
     method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -196,6 +209,15 @@ def test_the_autoencoder_trains_the_same_on_two_ranks(runs):
         with torch.no_grad():
             outs.append(ae.decode(ae.encode(x)))
     torch.testing.assert_close(outs[0], outs[1], atol=ATOL, rtol=ATOL)
+
+
+def test_with_dropout_two_ranks_resume_bit_exactly(runs):
+    # dropout is drawn per rank from (seed, step, rank) (the ranks differ: asserted in _worker),
+    # so a resumed run draws the same masks
+    a, b = _state(runs / "drop"), _state(runs / "drop-resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (runs / "drop" / "loss.jsonl").read_text() == (runs / "drop-resumed" / "loss.jsonl").read_text()
+    assert not torch.equal(a["model.conv_out.weight"], _state(runs / "two")["model.conv_out.weight"])
 
 
 def test_a_one_rank_run_resumes_on_two_ranks(runs):
