@@ -2,7 +2,8 @@
 
 One start of two ranks, set up as torchrun sets up its processes, runs these jobs: (a) the
 command line ``python -m sfs train ... --export``, from scratch, (b) a resume on 2 ranks of a
-1-rank run, (d) the autoencoder, another model kind through the same loop, (e) with dropout, a
+1-rank run, (d) the autoencoder and the text-to-image model, the other model kinds through the
+same loop, (e) with dropout, a
 straight run and a resumed one, (c) a run whose rank 1 dies after step 3, resumed afterwards on
 1 rank. Each is checked against a straight run.
 """
@@ -27,7 +28,11 @@ from sfs.autoencoder import Autoencoder, AutoencoderConfig
 from sfs.canvas import make_canvases
 from sfs.data import load_sample
 from sfs.train import TrainConfig, train
+from sfs.checkpoints import save_checkpoint
+from sfs.text import TextEncoderConfig
+from sfs.text2image import TextToImageConfig
 from sfs.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+from sfs.train_text2image import TextToImageTrainConfig, train_text2image
 from sfs.unet import UNetConfig
 
 # dropout 0: the one draw made on a rank's own rows (see sfs.distributed), so off for exactness
@@ -50,6 +55,17 @@ def _ae_cfg(out) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig(model=AutoencoderConfig(base_channels=8, channel_mults=(1, 2, 2)),
                                   steps=STEPS, batch_size=8, lr=LR, warmup_steps=2, ckpt_every=2,
                                   sample_every=0, log_every=1, device="cpu", out=str(out))
+
+
+def _t2i_cfg(out, tmp) -> TextToImageTrainConfig:
+    model = TextToImageConfig(
+        unet=UNetConfig(in_channels=4, image_size=12, base_channels=8, channel_mults=(1, 2),
+                        num_res_blocks=1, attn_resolutions=(), cross_attn_resolutions=(6,),
+                        context_dim=16, num_heads=2, dropout=0.0),
+        text=TextEncoderConfig(dim=16, num_layers=1, num_heads=2))
+    return TextToImageTrainConfig(model=model, autoencoder=f"{tmp}/ae.safetensors", steps=STEPS,
+                                  batch_size=8, lr=LR, warmup_steps=2, ckpt_every=2, sample_every=0,
+                                  log_every=1, device="cpu", out=str(out))
 
 
 def _sample():
@@ -111,6 +127,7 @@ def _worker(rank: int, world: int, ports: tuple[int, int], tmp: str) -> None:
     distributed.init_from_env()
     train(_cfg(f"{tmp}/one-two"), dataset=data, progress=False)    # (b) resumes at step 2
     train_autoencoder(_ae_cfg(f"{tmp}/ae-two"), make_canvases(64, seed=0), progress=False)  # (d)
+    train_text2image(_t2i_cfg(f"{tmp}/t2i-two", tmp), make_canvases(64, seed=0), progress=False)
     train(_cfg(f"{tmp}/drop", dropout=0.1), dataset=data, progress=False)  # (e) straight
     rng = [None, None]  # the ranks' dropout streams (torch's global RNG) must differ
     torch.distributed.all_gather_object(rng, torch.get_rng_state().tolist())
@@ -166,6 +183,9 @@ def runs(tmp_path_factory):
     data = _sample()
     train(_cfg(tmp / "one"), dataset=data, progress=False)  # the reference: 1 rank, batch 8
     train_autoencoder(_ae_cfg(tmp / "ae-one"), make_canvases(64, seed=0), progress=False)
+    torch.manual_seed(0)
+    save_checkpoint(tmp / "ae.safetensors", Autoencoder(_ae_cfg(tmp).model), None, {})
+    train_text2image(_t2i_cfg(tmp / "t2i-one", tmp), make_canvases(64, seed=0), progress=False)
     _copy_without_last_state(tmp / "one", tmp / "one-two")  # as if killed after step 3
     # fork: the children inherit the imported torch (about 1 s here, against 15 s to import it
     # afresh in two processes on a busy 2-core machine)
@@ -218,6 +238,10 @@ def test_with_dropout_two_ranks_resume_bit_exactly(runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (runs / "drop" / "loss.jsonl").read_text() == (runs / "drop-resumed" / "loss.jsonl").read_text()
     assert not torch.equal(a["model.conv_out.weight"], _state(runs / "two")["model.conv_out.weight"])
+
+
+def test_the_text_to_image_model_trains_the_same_on_two_ranks(runs):
+    _assert_same_run(runs / "t2i-one", runs / "t2i-two")  # its latent cache written by rank 0 only
 
 
 def test_a_one_rank_run_resumes_on_two_ranks(runs):
