@@ -253,7 +253,7 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        ema_update(ema, model, cfg.ema_decay, step)
+        ema_update(ema, model, cfg.ema_decay, step)  # under torchrun: the same weights on every rank
         step += 1
         imgs_since += len(idx)
         pending.append((step, lr, {"loss": loss.detach(), **(extras or {})}))
