@@ -6,6 +6,8 @@ Book ch. 6, sec. "The training loop". For example, the shipped MNIST model:
         --device cuda --bf16 --out runs/mnist-uncond --export mnist-uncond
 
 Run the same command again after a crash and it resumes from the last checkpoint in --out.
+On several GPUs, ``torchrun --nproc_per_node N -m sfs train ...`` trains data-parallel
+(``sfs.distributed``); the global --batch-size is split over the N ranks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sfs import generate_cli, train_autoencoder, train_text2image
+from sfs import distributed, generate_cli, train_autoencoder, train_text2image
 from sfs.data import load_dataset
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
@@ -161,6 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    joined = distributed.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the other ranks
+    try:
+        _run(args, argv, p_train, p_ae, p_t2i, p_gen)
+    finally:
+        if joined:
+            distributed.close()
+
+
+def _run(args, argv, p_train, p_ae, p_t2i, p_gen) -> None:
     if args.command == "train":
         check_parsed(p_train, args)
         cfg = config_or_exit(p_train, config_from_args, args, argv)

@@ -139,11 +139,16 @@ class Autoencoder(nn.Module):
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, 3, H, W) -> x_hat, mean, logvar: the sampled reconstruction and q(z|x), unscaled."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> x_hat, mean, logvar: the sampled reconstruction and q(z|x), unscaled.
+
+        eps (B, latent_channels, h, w): the noise of the sample, drawn from ``generator`` if None.
+        """
         mean, logvar = self.moments(x)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if eps is None:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        eps = eps.to(mean.dtype)
         z = mean + (0.5 * logvar).exp() * eps  # book eq. (10.2)
         return self.decoder(z), mean, logvar
 
@@ -171,14 +176,15 @@ class Autoencoder(nn.Module):
 
 
 def autoencoder_loss(model: Autoencoder, x: torch.Tensor, beta: float,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+                     generator: torch.Generator | None = None, eps: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict]:
     """The training loss of book eq. (10.3) on a batch x (B, 3, H, W): scalar, and its two parts.
 
     rec = mean |x - x_hat| (a Laplace decoder's negative log-likelihood up to constants);
     kl = mean over the batch of eq. (10.1), divided by the number of pixel values, so that beta
-    weighs it per pixel value like rec.
+    weighs it per pixel value like rec. eps: the latent noise (see ``Autoencoder.forward``).
     """
-    x_hat, mean, logvar = model(x, generator)
+    x_hat, mean, logvar = model(x, generator, eps)
     rec = (x - x_hat.float()).abs().mean()
     kl = kl_diagonal_gaussian(mean.float(), logvar.float()).mean() / x[0].numel()
     return rec + beta * kl, {"rec": rec.detach(), "kl": kl.detach()}

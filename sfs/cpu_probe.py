@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from sfs import distributed
 from sfs.validate import check_float, check_int, check_type
 
 Candidate = tuple[bool, int]  # (bf16, threads)
@@ -145,7 +146,7 @@ def settle(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.
     config.json of the run being resumed (None for a new run): its recorded values are used and
     nothing is probed. A new run with ``cfg.probe`` on a CPU probes the unset ones; otherwise
     bf16 defaults to False and threads to torch's current setting. Records ``cfg.cpu_settings``.
-    Configs without a ``probe`` field only get bf16 filled in.
+    Configs without a ``probe`` field only get bf16 filled in. Under ``torchrun`` nothing is probed.
     """
     has_probe = hasattr(cfg, "probe")  # with it come threads and cpu_settings
     if cfg.bf16 is not None:
@@ -161,7 +162,8 @@ def settle(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.
             if cfg.threads is None:
                 cfg.threads = saved.get("threads")
             cfg.cpu_settings = saved.get("cpu_settings")
-    elif has_probe and cfg.probe and device.type == "cpu" and (cfg.bf16 is None or cfg.threads is None):
+    elif (has_probe and cfg.probe and device.type == "cpu" and (cfg.bf16 is None or cfg.threads is None)
+          and distributed.world_size() == 1):  # under torchrun the ranks could choose differently
         cands = candidates(usable_cpus(), cfg.bf16, cfg.threads)
         before = torch.get_num_threads()
         with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG

@@ -12,7 +12,8 @@ its loss; everything else is here, once:
 
 Everything random is drawn from ``generator`` (and torch's global RNG for dropout), whose states go
 into the checkpoint, so a run that is killed and resumed ends with the same weights as one that
-never stopped.
+never stopped. Under ``torchrun`` the same loop trains data-parallel (``sfs.distributed`` states
+the rules: the global batch and its noise are the same for any number of ranks; rank 0 writes).
 
 On a CPU, ``sfs.cpu_probe.settle`` first chooses bf16 autocast and the thread count, where the
 config leaves them to it, by timing a few steps of each (and a resumed run keeps its choice).
@@ -35,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from sfs import cpu_probe
+from sfs import cpu_probe, distributed
 from sfs.checkpoints import (latest_training_state, load_training_state, save_training_state,
                              write_json)
 
@@ -91,9 +92,12 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int,
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto": cuda if available, else cpu; otherwise the named device."""
+    """"auto": cuda if available, else cpu; otherwise the named device. Under torchrun, "auto"
+    and "cuda" mean this rank's GPU, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -168,14 +172,20 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
     ``cfg.sample_every`` steps; on_step(step) after every step. Returns (ema in eval mode, steps
     done, wall time in seconds). Book ch. 6, sec. "The training loop".
     """
+    if cfg.batch_size % distributed.world_size():
+        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of ranks "
+                         f"({distributed.world_size()}): each rank takes an equal share of it")
+    main = distributed.is_main()  # rank 0 (or the only process) writes; the other ranks only read
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
     log_path = run_dir / "loss.jsonl"
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    forward = torch.compile(model) if cfg.compile else model
+    forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
+    forward = torch.compile(forward) if cfg.compile else forward
 
     step, wall_time = 0, 0.0
     state = latest_training_state(run_dir)
@@ -190,13 +200,16 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
                              f"with these: {changes}. Use another --out, or the same settings.")
         sidecar = load_training_state(state, model, ema, optimizer, generator)
         step, wall_time = sidecar["step"], sidecar.get("wall_time_s", 0.0)
-        kept = read_log(log_path, upto=step)  # drop lines logged after the checkpoint
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    else:
+        if main:
+            kept = read_log(log_path, upto=step)  # drop lines logged after the checkpoint
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    elif main:
         write_json(run_dir / "config.json", cfg.to_dict())
         log_path.write_text("")
+    distributed.barrier()  # every rank has read the state before rank 0 writes the next one
 
     from tqdm.auto import tqdm
+    progress = progress and main
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=desc)
     if progress:
         n_params = sum(p.numel() for p in model.parameters())
@@ -215,7 +228,11 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
         if not pending:
             return
         keys = list(pending[0][2])
-        values = torch.stack([torch.stack([v[k].float() for k in keys]) for _, _, v in pending]).tolist()
+        values = torch.stack([torch.stack([v[k].float() for k in keys]) for _, _, v in pending])
+        values = distributed.mean_over_ranks(values).tolist()  # the global batch's mean
+        if not main:
+            pending.clear()
+            return
         with open(log_path, "a") as f:  # one sync for the whole flush
             for (s, lr, _), row in zip(pending, values):
                 f.write(json.dumps({"step": s, **{k: round(x, 6) for k, x in zip(keys, row)},
@@ -228,8 +245,9 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
 
     def checkpoint() -> None:
         flush()
-        save_training_state(run_dir, step, model, ema, optimizer, generator,
-                            extra={"wall_time_s": wall_time + time.perf_counter() - t_start})
+        if main:
+            save_training_state(run_dir, step, model, ema, optimizer, generator,
+                                extra={"wall_time_s": wall_time + time.perf_counter() - t_start})
 
     deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
     while step < cfg.steps:
@@ -237,22 +255,23 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
         lr = lr_at(step, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        distributed.seed_dropout(cfg.seed, step)  # under torchrun only: see sfs.distributed
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss, extras = loss_fn(forward, idx, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        ema_update(ema, model, cfg.ema_decay, step)
+        ema_update(ema, model, cfg.ema_decay, step)  # under torchrun: the same weights on every rank
         step += 1
         imgs_since += len(idx)
         pending.append((step, lr, {"loss": loss.detach(), **(extras or {})}))
 
         if step % cfg.log_every == 0:
             flush()
-        if on_sample is not None and cfg.sample_every and step % cfg.sample_every == 0:
+        if main and on_sample is not None and cfg.sample_every and step % cfg.sample_every == 0:
             on_sample(step, ema)
-        out_of_time = deadline is not None and time.perf_counter() > deadline
+        out_of_time = deadline is not None and distributed.any_rank(time.perf_counter() > deadline)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             checkpoint()
         if on_step is not None:
@@ -261,5 +280,6 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
             break
     flush()
     bar.close()
+    distributed.barrier()  # rank 0's last training state is written
     wall_time += time.perf_counter() - t_start
     return ema, step, wall_time

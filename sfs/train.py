@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from sfs import loop
+from sfs import distributed, loop
 from sfs.checkpoints import resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.data import ImageDataset, load_dataset, to_uint8
 from sfs.loop import (RESUMABLE_CHANGES, batch_indices, ema_update, git_commit,  # noqa: F401
@@ -249,6 +249,8 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
         if num_classes is not None:
             drop = torch.rand(B, generator=generator, device=device) < cfg.label_dropout
             y = torch.where(drop, torch.full_like(labels[idx], num_classes), labels[idx])
+        # all of the global batch was drawn above; under torchrun each rank keeps its rows
+        x0, eps, t, x_t, y = distributed.shard(x0, eps, t, x_t, y)
         out = forward(x_t, t, y)
         return simple_loss(out.float(), x0, eps, t, schedule, target=cfg.target,
                            weighting=cfg.weighting), None
@@ -260,7 +262,7 @@ def train(cfg: TrainConfig, dataset: ImageDataset | None = None,
     ema, step, wall_time = loop.run(cfg, model, loss_fn, images.shape[0], device, generator,
                                     desc=f"train {cfg.data}", progress=progress, on_step=on_step,
                                     on_sample=on_sample)
-    if cfg.export:
+    if cfg.export and distributed.is_main():
         export(cfg, ema, schedule, dataset, run_dir, step, wall_time, device)
     return ema
 

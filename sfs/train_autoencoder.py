@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sfs import loop
+from sfs import distributed, loop
 from sfs.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, measure_scale
 from sfs.canvas import Canvases, make_canvases
 from sfs.checkpoints import resolve_models_dir, save_checkpoint, write_model_card_md
@@ -94,7 +94,11 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, canvases: Canvases | None = N
 
     def loss_fn(forward, idx, generator):
         x = images[idx.to(device)].float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
-        loss, parts = autoencoder_loss(forward, x, cfg.beta, generator)
+        h = model.config.latent_size
+        eps = torch.randn((len(x), cfg.model.latent_channels, h, h), generator=generator, device=device)
+        # the noise of the whole global batch is drawn above; under torchrun each rank keeps its rows
+        x, eps = distributed.shard(x, eps)
+        loss, parts = autoencoder_loss(forward, x, cfg.beta, eps=eps)
         return loss, parts
 
     def on_sample(step, ema):
@@ -106,7 +110,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, canvases: Canvases | None = N
     scale = measure_scale(ema, canvases.images_float(slice(0, 5000)),
                           generator=torch.Generator().manual_seed(0))
     ema.config = replace(ema.config, scale_factor=scale)
-    if cfg.export:
+    if cfg.export and distributed.is_main():
         export(cfg, ema, canvases, run_dir, step, wall_time, device)
     return ema
 

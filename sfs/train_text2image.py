@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sfs import loop
+from sfs import distributed, loop
 from sfs.canvas import make_canvases
 from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.forward import q_sample
@@ -92,9 +92,10 @@ def cached_latents(cfg: TextToImageTrainConfig, autoencoder: nn.Module, ae_card:
     if path.is_file():
         return load_file(str(path))["z0"]
     z0 = encode_canvases(autoencoder, canvases.images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from sfs.checkpoints import atomic_write
-    atomic_write(path, lambda tmp: save_file({"z0": z0.contiguous()}, tmp))
+    if distributed.is_main():  # under torchrun every rank encodes; rank 0 writes the cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from sfs.checkpoints import atomic_write
+        atomic_write(path, lambda tmp: save_file({"z0": z0.contiguous()}, tmp))
     return z0
 
 
@@ -125,6 +126,8 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
         eps = torch.randn(z0.shape, generator=generator, device=device)
         drop = torch.rand(B, generator=generator, device=device) < cfg.prompt_dropout
         ids = torch.where(drop[:, None], null, ids)
+        # all of the global batch was drawn above; under torchrun each rank keeps its rows
+        z0, t, eps, ids = distributed.shard(z0, t, eps, ids)
         out = forward(q_sample(schedule, z0, t, eps), t, ids)
         return simple_loss(out.float(), z0, eps, t, schedule), None
 
@@ -139,7 +142,7 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     ema, step, wall_time = loop.run(cfg, model, loss_fn, len(z0_all), device, generator,
                                     desc="train text2image", progress=progress, on_sample=on_sample)
     ema = ema.cpu().float()
-    if cfg.export:
+    if cfg.export and distributed.is_main():
         export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device)
     return ema
 
