@@ -124,14 +124,24 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     snaps = sorted(Path(args.snapshots).glob("ema-*.safetensors"))
     if args.every > 1:
         snaps = snaps[args.every - 1::args.every] + ([snaps[-1]] if len(snaps) % args.every else [])
+    # rows measured by an earlier run (while training went on) are kept when their snapshot file,
+    # N, scale and sampler steps are the same
+    earlier = Path(args.out).with_suffix(".steps.json")
+    kept = json.loads(earlier.read_text())["rows"] if earlier.is_file() else {}
     rows = {}
     for path in snaps:
         snap, card = load_model(path, kind="text2image")
         for name, c in sets.items():
             sub = c.subset(slice(0, args.n_steps))
-            rows[f"{name}, step {card['steps']}"] = {"step": card["steps"],
-                                                     **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps)}
-            print(path.name, name, rows[f"{name}, step {card['steps']}"], flush=True)
+            key, same = f"{name}, step {card['steps']}", {"sha256": card["file_sha256"], "n": len(sub),
+                                                          "w": args.recommended, "sampler_steps": args.steps}
+            if key in kept and all(kept[key].get(k) == v for k, v in same.items()):
+                rows[key] = kept[key]
+                continue
+            rows[key] = {"step": card["steps"], **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps),
+                         **same}
+            print(path.name, name, rows[key], flush=True)
+            earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")
     return rows
 
 

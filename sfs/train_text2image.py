@@ -41,6 +41,7 @@ class TextToImageTrainConfig:
 
     model: TextToImageConfig = field(default_factory=TextToImageConfig)
     autoencoder: str = "canvas-autoencoder"  # the shipped autoencoder whose latent space we use
+    init: str | None = None  # start from a text2image checkpoint's weights (name or path): a new run
     data_dir: str | None = None
     n_canvases: int = 60000  # training canvases (combos "seen")
     canvas_seed: int = 0
@@ -112,6 +113,13 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     z0_all = cached_latents(cfg, ae, ae_card, canvases).to(device)  # (N, 4, h, w)
     torch.manual_seed(cfg.seed)
     model = TextToImage(cfg.model).to(device)
+    init_card = None
+    if cfg.init:  # continue a shipped model: its weights (and so the EMA's), a fresh optimizer
+        start, init_card = load_model(cfg.init, kind="text2image")
+        if start.config.to_dict() != model.config.to_dict():
+            raise ValueError(f"init={cfg.init!r} is a model of another architecture or vocabulary "
+                             "than this run's: give the run its config (e.g. --base-channels)")
+        model.load_state_dict(start.state_dict())  # stored in fp16, trained on in float32
     ids_all = model.tokenizer.encode(canvases.captions).to(device)  # (N, L)
     null = model.null_cond(1, device)  # (1, L)
     schedule = cosine_schedule(cfg.T).to(device)
@@ -143,13 +151,14 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
                                     desc="train text2image", progress=progress, on_sample=on_sample)
     ema = ema.cpu().float()
     if cfg.export and distributed.is_main():
-        export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device)
+        export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device, init_card)
     return ema
 
 
 def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int, run_dir: Path,
-           step: int, wall_time: float, device: torch.device) -> Path:
-    """Write ``models/<cfg.export>.safetensors`` (fp16) with its JSON and Markdown model cards."""
+           step: int, wall_time: float, device: torch.device, init_card: dict | None = None) -> Path:
+    """Write ``models/<cfg.export>.safetensors`` (fp16) with its JSON and Markdown model cards.
+    ``init_card``: the card of the checkpoint the run started from (``cfg.init``), if any."""
     if "/" in cfg.export or "\\" in cfg.export or cfg.export in ("", ".", ".."):
         raise ValueError(f"export must be a plain file name, got {cfg.export!r}")
     path = resolve_models_dir(cfg.models_dir) / f"{cfg.export}.safetensors"
@@ -172,6 +181,12 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         "sampler": f"DPM-Solver++(2M), 20 steps, CFG scale {cfg.guidance_scale}",
         "sample_prompts": SAMPLE_PROMPTS,
     }
+    if init_card is not None:  # this run continued another: the steps and time of both
+        card["init"] = {"model": cfg.init, "file_sha256": init_card["file_sha256"],
+                        "steps": init_card.get("steps_total", init_card["steps"]),
+                        "wall_time_s": init_card.get("wall_time_s_total", init_card.get("wall_time_s"))}
+        card["steps_total"] = card["init"]["steps"] + step
+        card["wall_time_s_total"] = round((card["init"]["wall_time_s"] or 0) + wall_time, 1)
     card = save_checkpoint(path, ema, ema.config, card)
     imgs = generate(SAMPLE_PROMPTS, ema, ae, cfg.guidance_scale, 20, cfg.seed, 4)
     table = [("architecture", f"sfs.text2image.TextToImage, {card['params']:,} parameters"),
@@ -196,6 +211,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     d = TextToImageTrainConfig()
     p.add_argument("--autoencoder", default=d.autoencoder)
     p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this text2image model's weights (a name in models/ or a path)")
     types = {"n_canvases": positive_int, "canvas_seed": nonnegative_int, "steps": positive_int,
              "batch_size": positive_int, "warmup_steps": nonnegative_int, "seed": nonnegative_int,
              "ckpt_every": positive_int, "sample_every": nonnegative_int, "log_every": positive_int,

@@ -209,3 +209,25 @@ def test_cli_generate_writes_a_png_and_refuses_bad_prompts(trained, tmp_path):
         bad = subprocess.run(base + [prompt, "--model", model, "--out", str(tmp_path / "y.png")],
                              capture_output=True, text=True)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
+    root, _, resumed = trained
+    exported = root / "models" / "tiny-sd.safetensors"
+    canvases = make_canvases(16, seed=1)
+    cfg = TextToImageTrainConfig(model=tiny_config(), autoencoder=str(root / "models" / "ae.safetensors"),
+                                 init=str(exported), steps=1, batch_size=4, lr=1e-9, warmup_steps=0,
+                                 sample_every=0, device="cpu", out=str(tmp_path / "c"), export="tiny-sd-2",
+                                 models_dir=str(tmp_path / "models"))
+    more = train_text2image(cfg, canvases, False)
+    start, start_card = load_model(exported, kind="text2image")
+    for a, b in zip(more.state_dict().values(), start.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)  # began where the shipped model ended
+    _, card = load_model(tmp_path / "models" / "tiny-sd-2.safetensors", kind="text2image")
+    assert card["init"]["file_sha256"] == start_card["file_sha256"]
+    assert card["steps_total"] == start_card["steps"] + 1
+    other = TextToImageConfig(unet=UNetConfig(**{**tiny_config().unet.to_dict(), "base_channels": 16}),
+                              text=tiny_config().text)
+    with pytest.raises(ValueError, match="init"):
+        train_text2image(TextToImageTrainConfig(**{**cfg.__dict__, "model": other, "out": str(tmp_path / "d")}),
+                         canvases, False)
