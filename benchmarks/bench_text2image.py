@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--recommended", type=float, default=3.0, help="the scale of extras and steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/text2image")
+    ap.add_argument("--suffix", default="", help="OUT.<part><suffix>.json: split a part over processes "
+                    "(e.g. --scales 1,2,3 --suffix -a and --scales 5,7.5 --suffix -b); --report merges them")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report:
@@ -216,8 +218,9 @@ def main() -> None:
                   "model": args.model, "model_card": {k: card.get(k) for k in
                                                       ("steps", "wall_time_s", "machine", "file_sha256")},
                   "n": args.n, "steps": args.steps, "recommended": args.recommended, "rows": rows}
-        out.with_suffix(f".{part}.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out.with_suffix(f'.{part}.json')}", flush=True)
+        path = out.with_suffix(f".{part}{args.suffix}.json")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}", flush=True)
 
 
 def _pct(r: dict, k: str) -> str:
@@ -226,9 +229,21 @@ def _pct(r: dict, k: str) -> str:
 
 
 def report(out: Path) -> None:
-    """OUT.md and OUT.json from the part files that exist."""
-    parts = {p: json.loads(out.with_suffix(f".{p}.json").read_text()) for p in PARTS
-             if out.with_suffix(f".{p}.json").is_file()}
+    """OUT.md and OUT.json from the part files that exist (a part split over processes by --suffix
+    is merged: its rows in file-name order, its commands, machines and minutes side by side)."""
+    parts = {}
+    for p in PARTS:
+        files = sorted(out.parent.glob(f"{out.name}.{p}.json")) + sorted(out.parent.glob(f"{out.name}.{p}-*.json"))
+        runs = [json.loads(f.read_text()) for f in files]
+        if not runs:
+            continue
+        merged = dict(runs[0])
+        merged["rows"] = {k: v for r in runs for k, v in r["rows"].items()}
+        merged["command"] = "` and `".join(r["command"] for r in runs)
+        merged["seconds"] = max(r["seconds"] for r in runs)
+        merged["load_avg_after"] = max((r["load_avg_after"] for r in runs), key=lambda a: a[0])
+        assert len({r["model_card"]["file_sha256"] for r in runs}) == 1, f"{p}: parts of different models"
+        parts[p] = merged
     out.with_suffix(".json").write_text(json.dumps(parts, indent=2) + "\n")
     lines = ["# The tiny Stable Diffusion judged by the canvas evaluator", ""]
     clauses = ("object", "colour", "count", "position", "size", "prompt")
