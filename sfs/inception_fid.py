@@ -16,7 +16,7 @@ be missing, and each gives an error that says what to do:
 
 - the package: ``pip install "sfs[fid]"`` (that is, ``torchmetrics[image]``, which brings
   ``torch-fidelity``); it is not part of the default install nor of CI;
-- the weights (about 90 MB), fetched from ``WEIGHTS_URL`` into torch's hub cache on first use,
+- the weights (under 100 MB), fetched from ``WEIGHTS_URL`` into torch's hub cache on first use,
   and only with ``download=True``: without it, a missing file is an error, never a download.
 """
 
@@ -79,7 +79,7 @@ def load_metric(download: bool = False):
     if not path.is_file() and not download:
         raise FileNotFoundError(
             f"the Inception-v3 weights are not in torch's hub cache ({path}). Pass download=True "
-            f"to fetch them (about 90 MB, needs internet) from {url}, or put that file there "
+            f"to fetch them (under 100 MB, needs internet) from {url}, or put that file there "
             f"yourself. {DEFAULT}")
     try:
         return FrechetInceptionDistance(feature=2048, normalize=False)
