@@ -4,7 +4,8 @@ Book chapter 9 ("Evaluation"). All distances are computed on features: by defaul
 layer (D = 128) of the MNIST / Fashion-MNIST ``sfs.classifier.Classifier`` shipped in models/, so no
 download is ever needed. "FID" proper (Heusel et al. 2017) uses Inception-v3 features; it stays
 available for readers online with ``feature="inception"`` (torchmetrics + torch-fidelity, which
-download the weights), and is never touched otherwise. Numbers on different features, or at
+download the weights), and is never touched otherwise; ``sfs.inception_fid.inception_fid`` computes
+the standard FID itself. Numbers on different features, or at
 different N, are not comparable: always report the real-vs-real floor at the same N
 (``real_floor``).
 
@@ -74,9 +75,10 @@ def extract_features(images: torch.Tensor, classifier: nn.Module | None = None,
 
 
 def _inception() -> nn.Module:
-    """torchmetrics' Inception-v3 (pool3, 2048 features). Downloads its weights on first use."""
-    from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: needs torch-fidelity
-    return FrechetInceptionDistance(feature=2048).inception.eval()
+    """torchmetrics' Inception-v3 (pool3, 2048 features). Downloads its weights on first use; when
+    torch-fidelity or the network is missing, ``sfs.inception_fid.load_metric`` says what to do."""
+    from sfs.inception_fid import load_metric  # lazy: needs torch-fidelity
+    return load_metric(download=True).inception.eval()
 
 
 # ----------------------------------------------------------------------------------------------
