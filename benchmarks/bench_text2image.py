@@ -128,9 +128,12 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     # N, scale and sampler steps are the same
     earlier = Path(args.out).with_suffix(".steps.json")
     kept = json.loads(earlier.read_text())["rows"] if earlier.is_file() else {}
-    rows = {}
-    for path in snaps:
+    rows, seen_steps = {}, set()
+    for path in [*snaps, args.model]:  # the snapshots, then the model itself (its last step)
         snap, card = load_model(path, kind="text2image")
+        if card["steps"] in seen_steps:
+            continue
+        seen_steps.add(card["steps"])
         for name, c in sets.items():
             sub = c.subset(slice(0, args.n_steps))
             key, same = f"{name}, step {card['steps']}", {"sha256": card["file_sha256"], "n": len(sub),
@@ -140,7 +143,7 @@ def part_steps(args, model, ae, clf, sets) -> dict:
                 continue
             rows[key] = {"step": card["steps"], **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps),
                          **same}
-            print(path.name, name, rows[key], flush=True)
+            print(path, name, rows[key], flush=True)
             earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")
     return rows
 
