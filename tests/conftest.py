@@ -12,3 +12,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def threads_restored():
+    """Every test starts and ends with the suite's one thread: a command-line run inside a test may
+    set the thread count (``--threads``, or the CPU probe's choice), and a leaked count changes the
+    floating-point rounding of later tests that compare runs bit for bit."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)

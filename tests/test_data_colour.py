@@ -329,7 +329,7 @@ def test_cifar10_is_downloaded_only_when_asked_and_missing(tmp_path, monkeypatch
     argv = ["train", "--data", "cifar10", "--download", "--base-channels", "8", "--channel-mults", "1,2",
             "--num-res-blocks", "1", "--attn-resolutions", "", "--num-heads", "1", "--norm-groups", "4",
             "--steps", "1", "--batch-size", "2", "--sample-every", "0", "--device", "cpu",
-            "--out", str(tmp_path / "run"), "--no-progress"]
+            "--out", str(tmp_path / "run"), "--no-progress", "--no-probe"]  # no wall-clock choice in a test
     cli.main(argv)
     assert calls == [tmp_path / "data" / "cifar10"]
     assert (tmp_path / "run" / "loss.jsonl").is_file()
