@@ -131,17 +131,18 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     rows, seen_steps = {}, set()
     for path in [*snaps, args.model]:  # the snapshots, then the model itself (its last step)
         snap, card = load_model(path, kind="text2image")
-        if card["steps"] in seen_steps:
+        steps = card.get("steps_total", card["steps"])  # a continued run counts its init's steps
+        if steps in seen_steps:
             continue
-        seen_steps.add(card["steps"])
+        seen_steps.add(steps)
         for name, c in sets.items():
             sub = c.subset(slice(0, args.n_steps))
-            key, same = f"{name}, step {card['steps']}", {"sha256": card["file_sha256"], "n": len(sub),
+            key, same = f"{name}, step {steps}", {"sha256": card["file_sha256"], "n": len(sub),
                                                           "w": args.recommended, "sampler_steps": args.steps}
             if key in kept and all(kept[key].get(k) == v for k, v in same.items()):
                 rows[key] = kept[key]
                 continue
-            rows[key] = {"step": card["steps"], **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps),
+            rows[key] = {"step": steps, **accuracy_row(snap, ae, clf, sub, args.recommended, args.steps),
                          **same}
             print(path, name, rows[key], flush=True)
             earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")

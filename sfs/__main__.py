@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sfs import distributed, generate_cli, train_autoencoder, train_text2image
+from sfs import cpu_probe, distributed, generate_cli, train_autoencoder, train_text2image
 from sfs.data import load_dataset
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
@@ -76,17 +76,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=nonnegative_int, default=d.seed)
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: off, or on a CPU what the probe measures faster)")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads (torch.set_num_threads); default: on a CPU the faster of 1 and "
-                        "all cores, as the probe measures")
-    p.set_defaults(probe=True)  # (SUPPRESS below: no "(default: True)" under --no-probe)
-    g.add_argument("--no-probe", dest="probe", action="store_false", default=argparse.SUPPRESS,
-                   help="on a CPU, do not time a few steps of fp32/bf16 and 1/all threads at start-up "
-                        "to choose --bf16 and --threads; leave them at fp32 and torch's default")
+    cpu_probe.add_args(g)  # --bf16, --threads, --no-probe
     g = p.add_argument_group("outputs")
     g.add_argument("--out", default=None, help="run folder (default runs/<data>-<cond|uncond>)")
     g.add_argument("--ckpt-every", type=positive_int, default=d.ckpt_every)

@@ -181,3 +181,21 @@ def settle(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.
         cfg.bf16 = False
     if has_probe and cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+
+
+def add_args(group) -> None:
+    """The speed options every training command shares (``train``, ``train-autoencoder``,
+    ``train-text2image``): ``--bf16/--no-bf16``, ``--threads`` and ``--no-probe``. On the command
+    line bf16 and threads default to None, so a CPU run probes them; the library's configs default
+    to no probe (``probe=False``), so a call from Python trains as told."""
+    import argparse
+    from sfs.validate import positive_int
+    group.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bfloat16 autocast (default: off, or on a CPU what the probe measures faster)")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads (torch.set_num_threads); default: on a CPU the faster of 1 and "
+                            "all cores, as the probe measures")
+    group.set_defaults(probe=True)  # (SUPPRESS below: no "(default: True)" under --no-probe)
+    group.add_argument("--no-probe", dest="probe", action="store_false", default=argparse.SUPPRESS,
+                       help="on a CPU, do not time a few steps of fp32/bf16 and 1/all threads at "
+                            "start-up to choose --bf16 and --threads; leave them at fp32 and torch's default")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sfs import distributed, loop
+from sfs import cpu_probe, distributed, loop
 from sfs.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, measure_scale
 from sfs.canvas import Canvases, make_canvases
 from sfs.checkpoints import resolve_models_dir, save_checkpoint, write_model_card_md
@@ -47,7 +47,10 @@ class AutoencoderTrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False
+    bf16: bool | None = False  # bfloat16 autocast; None: the CPU probe chooses (sfs.cpu_probe)
+    threads: int | None = None  # CPU threads; None: as set, or the probe's choice
+    probe: bool = False  # on a CPU, time fp32/bf16 and 1/all threads for those left None
+    cpu_settings: dict | None = None  # filled in by the probe: its choice and measured images/s
     compile: bool = False
     out: str = "runs/autoencoder"
     ckpt_every: int = 500
@@ -146,7 +149,8 @@ def export(cfg: AutoencoderTrainConfig, ema: Autoencoder, canvases: Canvases, ru
         "test_rec_l1": round(rec_l1, 5),
         "test_rec_note": "mean |x - decode(encode(x))| over 1,000 test canvases (seed 1, combos 'all')",
         "wall_time_s": round(wall_time, 1), "machine": loop.machine_name(device),
-        "torch": torch.__version__, "command": cfg.command or f"train_autoencoder({cfg!r})",
+        "torch": torch.__version__, "bf16": cfg.bf16, "cpu_settings": cfg.cpu_settings,
+        "command": cfg.command or f"train_autoencoder({cfg!r})",
         "git_commit": loop.git_commit(),
     }
     card = save_checkpoint(path, ema, ema.config, card)
@@ -197,7 +201,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=positive_int, default=None)
+    cpu_probe.add_args(p)  # --bf16, --threads, --no-probe
     p.add_argument("--out", default=d.out)
     p.add_argument("--export", type=plain_name, default=None, metavar="NAME")
     p.add_argument("--models-dir", default=None)
@@ -208,6 +212,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> AutoencoderTr
     """The AutoencoderTrainConfig that parsed ``train-autoencoder`` arguments describe."""
     model = AutoencoderConfig(base_channels=args.base_channels, channel_mults=args.channel_mults,
                               num_res_blocks=args.num_res_blocks, latent_channels=args.latent_channels)
-    names = {f for f in AutoencoderTrainConfig.__dataclass_fields__} - {"model", "command", "bf16", "compile"}
+    names = {f for f in AutoencoderTrainConfig.__dataclass_fields__} - {"model", "command", "compile", "cpu_settings"}
     return AutoencoderTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                                   **{k: getattr(args, k) for k in names})

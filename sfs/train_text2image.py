@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sfs import distributed, loop
+from sfs import cpu_probe, distributed, loop
 from sfs.canvas import make_canvases
 from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.forward import q_sample
@@ -57,7 +57,10 @@ class TextToImageTrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False
+    bf16: bool | None = False  # bfloat16 autocast; None: the CPU probe chooses (sfs.cpu_probe)
+    threads: int | None = None  # CPU threads; None: as set, or the probe's choice
+    probe: bool = False  # on a CPU, time fp32/bf16 and 1/all threads for those left None
+    cpu_settings: dict | None = None  # filled in by the probe: its choice and measured images/s
     compile: bool = False
     out: str = "runs/text2image"
     ckpt_every: int = 500
@@ -141,8 +144,10 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
 
     def on_sample(step, ema):
         # an EMA snapshot per sample grid: prompt accuracy against training steps (issue 12, sec. 5)
-        save_checkpoint(run_dir / "snapshots" / f"ema-{step:07d}.safetensors", ema, ema.config,
-                        {"steps": step, "command": cfg.command})
+        meta = {"steps": step, "command": cfg.command}
+        if init_card is not None:  # a continued run: the steps of the whole lineage too
+            meta["steps_total"] = init_card.get("steps_total", init_card["steps"]) + step
+        save_checkpoint(run_dir / "snapshots" / f"ema-{step:07d}.safetensors", ema, ema.config, meta)
         from sfs.train import save_grid
         imgs = generate(SAMPLE_PROMPTS, ema, ae.to(device), cfg.guidance_scale, 20, cfg.seed, 4)
         save_grid(imgs, run_dir / "samples" / f"step-{step:07d}.png", nrow=8)
@@ -176,7 +181,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
         "wall_time_s": round(wall_time, 1), "machine": loop.machine_name(device),
-        "torch": torch.__version__, "command": cfg.command or "train_text2image(...)",
+        "torch": torch.__version__, "bf16": cfg.bf16, "cpu_settings": cfg.cpu_settings,
+        "command": cfg.command or "train_text2image(...)",
         "git_commit": loop.git_commit(),
         "sampler": f"DPM-Solver++(2M), 20 steps, CFG scale {cfg.guidance_scale}",
         "sample_prompts": SAMPLE_PROMPTS,
@@ -224,7 +230,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-channels", type=positive_int, default=d.model.unet.base_channels)
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=positive_int, default=None)
+    cpu_probe.add_args(p)  # --bf16, --threads, --no-probe
     p.add_argument("--out", default=d.out)
     p.add_argument("--export", type=plain_name, default=None, metavar="NAME")
     p.add_argument("--models-dir", default=None)
@@ -235,6 +241,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TextToImageTr
     """The TextToImageTrainConfig that parsed ``train-text2image`` arguments describe."""
     model = TextToImageConfig()
     model.unet.base_channels = args.base_channels
-    names = set(TextToImageTrainConfig.__dataclass_fields__) - {"model", "command", "bf16", "compile", "T"}
+    names = set(TextToImageTrainConfig.__dataclass_fields__) - {"model", "command", "compile", "T", "cpu_settings"}
     return TextToImageTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                                   **{k: getattr(args, k) for k in names})

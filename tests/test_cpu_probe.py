@@ -233,3 +233,19 @@ def test_bad_flags_end_in_one_line_naming_them(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--device", "cpu", *argv])
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train-autoencoder", "train-text2image"])
+def test_every_training_command_shares_the_probe_options(command):
+    """--bf16/--no-bf16, --threads and --no-probe mean the same for every training command: by
+    default a CPU run probes the settings left unset; --no-probe or setting both turns it off."""
+    import argparse
+    from sfs import train_autoencoder, train_text2image
+    mod = train_autoencoder if command == "train-autoencoder" else train_text2image
+    p = argparse.ArgumentParser()
+    mod.add_args(p)
+    cfg = mod.config_from_args(p.parse_args([]), [command])
+    assert (cfg.bf16, cfg.threads, cfg.probe, cfg.cpu_settings) == (None, None, True, None)
+    cfg = mod.config_from_args(p.parse_args(["--no-bf16", "--threads", "1", "--no-probe"]), [command])
+    assert (cfg.bf16, cfg.threads, cfg.probe) == (False, 1, False)
+    assert mod.__dict__[[k for k in mod.__dict__ if k.endswith("TrainConfig")][0]]().probe is False
