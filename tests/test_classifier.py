@@ -81,3 +81,25 @@ def test_shipped_classifiers(name, data, floor):
     assert (MODELS / f"{name}.safetensors").stat().st_size < 2_000_000
     sample = load_sample(data)  # 1000 test images: a loose check that the weights are the card's
     assert accuracy(model, sample.images, sample.labels) >= floor - 0.03
+
+
+def test_random_blur_keeps_sharp_images_below_sigma_and_softens_above():
+    from sfs.classifier import random_blur
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0  # a single bright pixel
+    g = torch.Generator().manual_seed(0)
+    same = random_blur(x, 0.29, g)  # every sigma < 0.3: untouched
+    assert torch.equal(same, x)
+    soft = random_blur(x, 2.0, torch.Generator().manual_seed(1))
+    assert soft.shape == x.shape
+    assert torch.allclose(soft.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=1e-5)  # kernels sum to 1
+    assert (soft[:, 0, 14, 14] <= 1.0).all() and (soft[:, 0, 14, 14] < 1.0).any()
+
+
+def test_train_classifier_rejects_a_bad_blur():
+    from sfs.classifier import train_classifier
+    x, y = torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match="blur"):
+        train_classifier(x, y, epochs=1, blur=-1.0)
+    with pytest.raises(TypeError, match="blur"):
+        train_classifier(x, y, epochs=1, blur="1")
