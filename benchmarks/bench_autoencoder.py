@@ -98,13 +98,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="canvases per row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/autoencoder")
+    ap.add_argument("--classifier", default=canvas_eval.CLASSIFIER_NAME,
+                    help="the evaluator's object classifier: a name in models/ or a path")
+    ap.add_argument("--seed", type=int, default=1, help="of the test canvases")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     before = machine()
-    clf, clf_card = canvas_eval.load_object_classifier()
+    clf, clf_card = canvas_eval.load_object_classifier(args.classifier)
     ae, ae_card = load_model("canvas-autoencoder", kind="autoencoder")
-    sets = {"seen": make_canvases(args.n, "test", 1, "seen"),
-            "held_out": make_canvases(args.n, "test", 1, "held_out")}
+    sets = {"seen": make_canvases(args.n, "test", args.seed, "seen"),
+            "held_out": make_canvases(args.n, "test", args.seed, "held_out")}
     rows = {}
     for name, c in sets.items():
         x = c.images_float()
@@ -128,11 +131,11 @@ def main() -> None:
     after = machine()
     loaded = max(before["load_avg"][0], after["load_avg"][0]) > 0.5 * (os.cpu_count() or 1)
     result = {"machine": before, "load_avg_after": after["load_avg"], "timings_valid": not loaded,
-              "command": "python " + " ".join(sys.argv), "n": args.n, "threads": args.threads,
+              "command": "python " + " ".join(sys.argv), "n": args.n, "seed": args.seed, "threads": args.threads,
               "accuracy": rows, "encode_decode_s": t_roundtrip, "encode_decode_n": len(x),
               "autoencoder": {k: ae_card.get(k) for k in ("steps", "wall_time_s", "machine",
                                                           "scale_factor", "test_rec_l1", "params")},
-              "object_classifier": {k: clf_card.get(k) for k in ("test_accuracy", "train_seconds")},
+              "object_classifier": {k: clf_card.get(k) for k in ("test_accuracy", "train_seconds", "command")},
               "unet_cost": cost}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def render(r: dict) -> str:
              f"{r['threads']} thread(s)",
              f"- load average before {m['load_avg'][0]:.2f} / after {r['load_avg_after'][0]:.2f}: timings "
              + ("valid" if r["timings_valid"] else "INVALID (machine loaded; ratios only)"),
-             f"- N = {r['n']} canvases per row (test split, seed 1)", "",
+             f"- N = {r['n']} canvases per row (test split, seed {r.get('seed', 1)})", "",
              "| canvases | object | colour | count | position | size | whole prompt |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, a in r["accuracy"].items():
