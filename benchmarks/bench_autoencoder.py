@@ -147,7 +147,7 @@ def main() -> None:
 def render(r: dict) -> str:
     m = r["machine"]
     pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"# Canvas evaluator and autoencoder (book ch. 10)", "",
+    lines = ["# Canvas evaluator and autoencoder (book ch. 10)", "",
              f"- date: {m['date']}; command: `{r['command']}`",
              f"- machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}; torch {m['torch']}; "
              f"{r['threads']} thread(s)",

@@ -37,6 +37,7 @@ from sfs.canvas import make_canvases  # noqa: E402
 from sfs.checkpoints import load_model  # noqa: E402
 from sfs.metrics import frechet_distance  # noqa: E402
 from sfs.text2image import generate  # noqa: E402
+from sfs.train_text2image import lineage_steps  # noqa: E402
 
 
 def draw(model, ae, captions, w, steps, seed, batch=100) -> torch.Tensor:
@@ -131,7 +132,7 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     rows, seen_steps = {}, set()
     for path in [*snaps, args.model]:  # the snapshots, then the model itself (its last step)
         snap, card = load_model(path, kind="text2image")
-        steps = card.get("steps_total", card["steps"])  # a continued run counts its init's steps
+        steps = lineage_steps(card)  # a continued run counts its init's steps
         if steps in seen_steps:
             continue
         seen_steps.add(steps)

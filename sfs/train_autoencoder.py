@@ -181,9 +181,9 @@ def _env_data() -> bool:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from sfs.validate import (fraction, fraction_below_one, nonnegative_float, nonnegative_int,
-                              plain_name, positive_float, positive_int, positive_ints)
     """The options of ``python -m sfs train-autoencoder``."""
+    from sfs.validate import (fraction_below_one, nonnegative_float, nonnegative_int,
+                              plain_name, positive_float, positive_int, positive_ints)
     d, m = AutoencoderTrainConfig(), AutoencoderConfig()
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--n-canvases", type=positive_int, default=d.n_canvases)

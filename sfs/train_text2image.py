@@ -146,7 +146,7 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
         # an EMA snapshot per sample grid: prompt accuracy against training steps (issue 12, sec. 5)
         meta = {"steps": step, "command": cfg.command}
         if init_card is not None:  # a continued run: the steps of the whole lineage too
-            meta["steps_total"] = init_card.get("steps_total", init_card["steps"]) + step
+            meta["steps_total"] = lineage_steps(init_card) + step
         save_checkpoint(run_dir / "snapshots" / f"ema-{step:07d}.safetensors", ema, ema.config, meta)
         from sfs.train import save_grid
         imgs = generate(SAMPLE_PROMPTS, ema, ae.to(device), cfg.guidance_scale, 20, cfg.seed, 4)
@@ -158,6 +158,12 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     if cfg.export and distributed.is_main():
         export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device, init_card)
     return ema
+
+
+def lineage_steps(card: dict) -> int:
+    """The training steps behind a text2image checkpoint: its own run's, plus those of the run it
+    started from (``--init``), and so on back."""
+    return card.get("steps_total", card["steps"])
 
 
 def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int, run_dir: Path,
@@ -189,7 +195,7 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
     }
     if init_card is not None:  # this run continued another: the steps and time of both
         card["init"] = {"model": cfg.init, "file_sha256": init_card["file_sha256"],
-                        "steps": init_card.get("steps_total", init_card["steps"]),
+                        "steps": lineage_steps(init_card),
                         "wall_time_s": init_card.get("wall_time_s_total", init_card.get("wall_time_s"))}
         card["steps_total"] = card["init"]["steps"] + step
         card["wall_time_s_total"] = round((card["init"]["wall_time_s"] or 0) + wall_time, 1)
@@ -211,9 +217,9 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from sfs.validate import (fraction, fraction_below_one, nonnegative_float, nonnegative_int,
-                              plain_name, positive_float, positive_int, positive_ints)
     """The options of ``python -m sfs train-text2image``."""
+    from sfs.validate import (fraction, fraction_below_one, nonnegative_float, nonnegative_int,
+                              plain_name, positive_float, positive_int)
     d = TextToImageTrainConfig()
     p.add_argument("--autoencoder", default=d.autoencoder)
     p.add_argument("--data-dir", default=d.data_dir)

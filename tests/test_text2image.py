@@ -217,7 +217,7 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     canvases = make_canvases(16, seed=1)
     cfg = TextToImageTrainConfig(model=tiny_config(), autoencoder=str(root / "models" / "ae.safetensors"),
                                  init=str(exported), steps=1, batch_size=4, lr=1e-9, warmup_steps=0,
-                                 sample_every=0, device="cpu", out=str(tmp_path / "c"), export="tiny-sd-2",
+                                 sample_every=1, device="cpu", out=str(tmp_path / "c"), export="tiny-sd-2",
                                  models_dir=str(tmp_path / "models"))
     more = train_text2image(cfg, canvases, False)
     start, start_card = load_model(exported, kind="text2image")
@@ -226,6 +226,9 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     _, card = load_model(tmp_path / "models" / "tiny-sd-2.safetensors", kind="text2image")
     assert card["init"]["file_sha256"] == start_card["file_sha256"]
     assert card["steps_total"] == start_card["steps"] + 1
+    # its snapshots count the whole lineage too (bench_text2image's accuracy against steps reads it)
+    _, snap_card = load_model(tmp_path / "c" / "snapshots" / "ema-0000001.safetensors", kind="text2image")
+    assert (snap_card["steps"], snap_card["steps_total"]) == (1, start_card["steps"] + 1)
     other = TextToImageConfig(unet=UNetConfig(**{**tiny_config().unet.to_dict(), "base_channels": 16}),
                               text=tiny_config().text)
     with pytest.raises(ValueError, match="init"):
