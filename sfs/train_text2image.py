@@ -195,7 +195,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
     }
     if init_card is not None:  # this run continued another: the steps and time of both
         card["init"] = {"model": cfg.init, "file_sha256": init_card["file_sha256"],
-                        "steps": lineage_steps(init_card),
+                        "steps": lineage_steps(init_card), "command": init_card.get("command"),
+                        "machine": init_card.get("machine"),
                         "wall_time_s": init_card.get("wall_time_s_total", init_card.get("wall_time_s"))}
         card["steps_total"] = card["init"]["steps"] + step
         card["wall_time_s_total"] = round((card["init"]["wall_time_s"] or 0) + wall_time, 1)
@@ -207,7 +208,13 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
              ("training", f"{step} steps, batch {cfg.batch_size}, lr {cfg.lr}, EMA {cfg.ema_decay}, "
                           f"prompt dropout {cfg.prompt_dropout}"),
              ("final loss (mean of last 100 steps)", card["final_loss"]),
-             ("wall time", f"{wall_time:.0f} s on {card['machine']}"),
+             ("wall time", f"{wall_time:.0f} s on {card['machine']}")]
+    if init_card is not None:  # the lineage: what this run started from, and the totals
+        i = card["init"]
+        table += [("started from", f"{i['model']} (sha256 {i['file_sha256'][:12]}...): {i['steps']} steps "
+                                   f"in {i['wall_time_s']:.0f} s on {i['machine']}, trained with `{i['command']}`"),
+                  ("in all", f"{card['steps_total']} steps in {card['wall_time_s_total']:.0f} s")]
+    table += [
              ("code version", card["git_commit"]),
              ("weights", f"{card['file']} ({card['dtype']}), sha256 {card['file_sha256']}")]
     prompts = "; ".join(f"row {i + 1}: {p}" for i, p in enumerate(SAMPLE_PROMPTS))

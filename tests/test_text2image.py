@@ -226,6 +226,10 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     _, card = load_model(tmp_path / "models" / "tiny-sd-2.safetensors", kind="text2image")
     assert card["init"]["file_sha256"] == start_card["file_sha256"]
     assert card["steps_total"] == start_card["steps"] + 1
+    # the card says what the run started from and how that was trained (the lineage's commands)
+    assert card["init"]["command"] == start_card["command"]
+    md = (tmp_path / "models" / "tiny-sd-2.md").read_text()
+    assert "started from" in md and f"{card['steps_total']} steps in" in md
     # its snapshots count the whole lineage too (bench_text2image's accuracy against steps reads it)
     _, snap_card = load_model(tmp_path / "c" / "snapshots" / "ema-0000001.safetensors", kind="text2image")
     assert (snap_card["steps"], snap_card["steps_total"]) == (1, start_card["steps"] + 1)
