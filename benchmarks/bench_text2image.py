@@ -147,7 +147,15 @@ def part_steps(args, model, ae, clf, sets) -> dict:
                          **same}
             print(path, name, rows[key], flush=True)
             earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")
-    return rows
+    # a continued model (--init): the earlier run's points, measured before its snapshots were gone,
+    # belong to this model's lineage up to the step it started from
+    _, card = load_model(args.model, kind="text2image")
+    start = card["init"]["steps"] if "init" in card else 0
+    same = {"n": args.n_steps, "w": args.recommended, "sampler_steps": args.steps}
+    for key, r in kept.items():
+        if key not in rows and r["step"] <= start and all(r.get(k) == v for k, v in same.items()):
+            rows[key] = r
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1]["step"], kv[0])))
 
 
 def part_cost(args, model, ae, clf, sets) -> dict:
@@ -221,7 +229,8 @@ def main() -> None:
         result = {"part": part, "machine": before, "load_avg_after": machine()["load_avg"],
                   "seconds": time.time() - t0, "command": "python " + " ".join(sys.argv),
                   "model": args.model, "model_card": {k: card.get(k) for k in
-                                                      ("steps", "wall_time_s", "machine", "file_sha256")},
+                                                      ("steps", "steps_total", "wall_time_s", "wall_time_s_total", "machine",
+                                                      "file_sha256")},
                   "n": args.n, "steps": args.steps, "recommended": args.recommended, "rows": rows}
         path = out.with_suffix(f".{part}{args.suffix}.json")
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -259,7 +268,7 @@ def report(out: Path) -> None:
                   f"- machine: {m['cpu']}, flags {' '.join(m['flags'])}; load average "
                   f"{m['load_avg'][0]:.2f} before, {r['load_avg_after'][0]:.2f} after; "
                   f"{r['seconds'] / 60:.1f} min",
-                  f"- model: {r['model']}, {r['model_card']['steps']} training steps "
+                  f"- model: {r['model']}, {lineage_steps(r['model_card'])} training steps "
                   f"(sha256 {str(r['model_card']['file_sha256'])[:12]}); DPM-Solver++(2M), {r['steps']} steps", ""]
         if name == "cost":
             lines += ["| space | params | training img/s |", "| --- | --- | --- |"]

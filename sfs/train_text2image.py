@@ -163,7 +163,7 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
 def lineage_steps(card: dict) -> int:
     """The training steps behind a text2image checkpoint: its own run's, plus those of the run it
     started from (``--init``), and so on back."""
-    return card.get("steps_total", card["steps"])
+    return card.get("steps_total") or card["steps"]
 
 
 def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int, run_dir: Path,
