@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from sfs.unet import attention
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)
@@ -143,7 +143,7 @@ class TransformerBlock(nn.Module):
         B, L, D = x.shape
         qkv = self.qkv(self.norm1(x)).view(B, L, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # keys: tokens only
+        out = attention(q, k, v, mask[:, None, None, :])  # keys: tokens only
         x = x + self.proj(out.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.norm2(x))
 

@@ -158,3 +158,23 @@ def test_config_changed_after_construction_is_checked_again():
     cfg.num_classes = 0  # what train() does (with the data set's class count), but wrong
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         UNet(cfg)
+
+
+def test_attention_is_sdpa_and_runs_in_float32_under_cpu_bf16_autocast():
+    """sfs.unet.attention: F.scaled_dot_product_attention, but in float32 on a CPU under bf16
+    autocast (bf16's backward there was ~10x slower); the result comes back in bf16, gradients flow."""
+    import torch.nn.functional as F
+    from sfs.unet import attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8, generator=g, requires_grad=True) for _ in range(3))
+    keep = torch.tensor([[True] * 5 + [False] * 4, [True] * 9])[:, None, None, :]
+    assert torch.equal(attention(q, k, v, keep), F.scaled_dot_product_attention(q, k, v, attn_mask=keep))
+    want = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(),
+                                          attn_mask=keep)
+    with torch.autocast("cpu", torch.bfloat16):
+        qb, kb, vb = (x.bfloat16() for x in (q, k, v))
+        out = attention(qb, kb, vb, keep)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), want, atol=1e-2)  # float32 math on the bf16 inputs, rounded once
+    out.float().sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v))
