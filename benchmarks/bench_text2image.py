@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_autoencoder import machine  # noqa: E402
 from sfs import canvas, canvas_eval  # noqa: E402
 from sfs.canvas import make_canvases  # noqa: E402
-from sfs.checkpoints import load_model  # noqa: E402
+from sfs.checkpoints import load_model, read_card  # noqa: E402
 from sfs.metrics import frechet_distance  # noqa: E402
 from sfs.text2image import generate  # noqa: E402
 from sfs.train_text2image import lineage_steps  # noqa: E402
@@ -149,7 +149,7 @@ def part_steps(args, model, ae, clf, sets) -> dict:
             earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")
     # a continued model (--init): the earlier run's points, measured before its snapshots were gone,
     # belong to this model's lineage up to the step it started from
-    _, card = load_model(args.model, kind="text2image")
+    card = read_card(args.model)
     start = card["init"]["steps"] if "init" in card else 0
     same = {"n": args.n_steps, "w": args.recommended, "sampler_steps": args.steps}
     for key, r in kept.items():
@@ -228,9 +228,9 @@ def main() -> None:
         rows = PARTS[part](args, model, ae, clf, sets)
         result = {"part": part, "machine": before, "load_avg_after": machine()["load_avg"],
                   "seconds": time.time() - t0, "command": "python " + " ".join(sys.argv),
-                  "model": args.model, "model_card": {k: card.get(k) for k in
-                                                      ("steps", "steps_total", "wall_time_s", "wall_time_s_total", "machine",
-                                                      "file_sha256")},
+                  "model": args.model,
+                  "model_card": {k: card.get(k) for k in ("steps", "steps_total", "wall_time_s",
+                                                          "wall_time_s_total", "machine", "file_sha256")},
                   "n": args.n, "steps": args.steps, "recommended": args.recommended, "rows": rows}
         path = out.with_suffix(f".{part}{args.suffix}.json")
         path.write_text(json.dumps(result, indent=2) + "\n")

@@ -214,9 +214,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         table += [("started from", f"{i['model']} (sha256 {i['file_sha256'][:12]}...): {i['steps']} steps "
                                    f"in {i['wall_time_s']:.0f} s on {i['machine']}, trained with `{i['command']}`"),
                   ("in all", f"{card['steps_total']} steps in {card['wall_time_s_total']:.0f} s")]
-    table += [
-             ("code version", card["git_commit"]),
-             ("weights", f"{card['file']} ({card['dtype']}), sha256 {card['file_sha256']}")]
+    table += [("code version", card["git_commit"]),
+              ("weights", f"{card['file']} ({card['dtype']}), sha256 {card['file_sha256']}")]
     prompts = "; ".join(f"row {i + 1}: {p}" for i, p in enumerate(SAMPLE_PROMPTS))
     write_model_card_md(path.with_suffix(".md"), card, imgs, losses, nrow=4, rows=table,
                         samples_title=f"Samples, 4 per prompt ({card['sampler']}). {prompts}")
