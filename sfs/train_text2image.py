@@ -103,6 +103,26 @@ def cached_latents(cfg: TextToImageTrainConfig, autoencoder: nn.Module, ae_card:
     return z0
 
 
+def init_from(model: TextToImage, start: TextToImage, name: str = "init") -> None:
+    """Copy ``start``'s weights into ``model`` (a run's ``--init``); ValueError unless they fit.
+
+    The two configs must be equal, except that ``model`` may add cross-attention's position
+    embeddings (``cross_attn_pos``, book eq. (11.6)): they start at zero, so the model begins as
+    the same function as ``start`` and learns to use them. The weights were stored in fp16; they
+    are trained on in float32."""
+    mine, theirs = model.config.to_dict(), start.config.to_dict()
+    if mine["unet"]["cross_attn_pos"]:  # start may have had them or not
+        theirs["unet"]["cross_attn_pos"] = True
+    if mine != theirs:
+        raise ValueError(f"init={name!r} is a model of another architecture or vocabulary than this "
+                         "run's: give the run its config (e.g. --base-channels)")
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not k.endswith(".pos") for k in missing):  # only the new embeddings
+        raise ValueError(f"init={name!r}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    for k in missing:
+        assert not model.get_parameter(k).any(), k  # zero at start: the same function as start
+
+
 def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool = True) -> TextToImage:
     """Train (or resume) the text-to-image model; return the EMA model (eval mode).
     ``canvases`` overrides the generated training set (tests). Book eq. (12.5), ch. 12 sec. "How it was trained"."""
@@ -119,10 +139,7 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     init_card = None
     if cfg.init:  # continue a shipped model: its weights (and so the EMA's), a fresh optimizer
         start, init_card = load_model(cfg.init, kind="text2image")
-        if start.config.to_dict() != model.config.to_dict():
-            raise ValueError(f"init={cfg.init!r} is a model of another architecture or vocabulary "
-                             "than this run's: give the run its config (e.g. --base-channels)")
-        model.load_state_dict(start.state_dict())  # stored in fp16, trained on in float32
+        init_from(model, start, cfg.init)
     ids_all = model.tokenizer.encode(canvases.captions).to(device)  # (N, L)
     null = model.null_cond(1, device)  # (1, L)
     schedule = cosine_schedule(cfg.T).to(device)
@@ -240,6 +257,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     for name, kind in types.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
     p.add_argument("--base-channels", type=positive_int, default=d.model.unet.base_channels)
+    p.add_argument("--cross-attn-pos", action="store_true",
+                   help="give cross-attention's queries a learned position embedding (book eq. (11.6))")
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
     cpu_probe.add_args(p)  # --bf16, --threads, --no-probe
@@ -253,6 +272,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TextToImageTr
     """The TextToImageTrainConfig that parsed ``train-text2image`` arguments describe."""
     model = TextToImageConfig()
     model.unet.base_channels = args.base_channels
+    model.unet.cross_attn_pos = args.cross_attn_pos
     names = set(TextToImageTrainConfig.__dataclass_fields__) - {"model", "command", "compile", "T", "cpu_settings"}
     return TextToImageTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                                   **{k: getattr(args, k) for k in names})

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sfs.embeddings import timestep_embedding
-from sfs.validate import check_float, check_int, check_ints, check_range, check_tensor
+from sfs.validate import check_float, check_int, check_ints, check_range, check_tensor, check_type
 
 MAX_T = 10_000  # timesteps t in [0, MAX_T): the sinusoids' max_period, so each t is told apart
 
@@ -50,6 +50,7 @@ class UNetConfig:
     num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1
     context_dim: int | None = None  # D of the text states for cross-attention (ch. 11); None: none
     cross_attn_resolutions: tuple[int, ...] = ()  # image sizes whose blocks cross-attend to the text
+    cross_attn_pos: bool = False  # cross-attention queries see a learned position embedding, eq. (11.6)
 
     def __post_init__(self):
         check_config(self)  # also when a UNet is built: fields may be changed after this
@@ -68,7 +69,7 @@ def check_config(cfg: UNetConfig) -> UNetConfig:
     Counts are ints >= 1 (bools and floats refused), channel_mults a non-empty tuple of them,
     attn_resolutions among the net's resolutions (image_size halved at each level), every level's
     channel count divisible by norm_groups (and by num_heads where there is attention), dropout in
-    [0, 1), num_classes None or an int >= 1. TypeError for a wrong kind, ValueError for a wrong value.
+    [0, 1), num_classes None or an int >= 1, cross_attn_pos a bool. TypeError for a wrong kind, ValueError for a wrong value.
     """
     for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads",
                  "norm_groups"):
@@ -95,6 +96,7 @@ def check_config(cfg: UNetConfig) -> UNetConfig:
                          f"resolutions of this net, {res}")
     if cfg.cross_attn_resolutions and cfg.context_dim is None:
         raise ValueError("cross_attn_resolutions needs context_dim (the width of the text states)")
+    check_type("cross_attn_pos", cfg.cross_attn_pos, bool, "True or False")
     for level, mult in enumerate(cfg.channel_mults):
         ch = mult * cfg.base_channels
         if ch % cfg.norm_groups or cfg.base_channels % cfg.norm_groups:
@@ -219,14 +221,22 @@ class CrossAttention(nn.Module):
     projection starts at zero, so a fresh block passes the image through unchanged. With
     ``store_attention = True`` the weights of the last call, averaged over heads, are kept in
     ``attention`` (B, H*W, L): which word each image position looked at.
+
+    With ``size`` (the block's image size H = W) the queries also see where they are, book eq.
+    (11.6): a learned embedding P (C, H, W), added to the normalized image before the query
+    projection, Q = (norm(x) + P) W_Q. A query then carries its position on the canvas, so "left"
+    can draw the left half's queries towards an object's words. P starts at zero: a fresh block
+    (or one added to a trained model, ``init_from``) computes what it did without it.
     """
 
-    def __init__(self, channels: int, context_dim: int, num_heads: int = 4, groups: int = 8):
+    def __init__(self, channels: int, context_dim: int, num_heads: int = 4, groups: int = 8,
+                 size: int | None = None):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels={channels} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.norm = group_norm(channels, groups)
+        self.pos = nn.Parameter(torch.zeros(channels, size, size)) if size else None  # P (C, H, W)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -239,7 +249,8 @@ class CrossAttention(nn.Module):
         B, C, H, W = x.shape
         states, mask = context  # (B, L, D), (B, L) bool
         L, heads, head_dim = states.shape[1], self.num_heads, C // self.num_heads
-        tokens = self.norm(x).view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
+        h = self.norm(x) if self.pos is None else self.norm(x) + self.pos  # (B, C, H, W)
+        tokens = h.view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
         q = self.q(tokens).view(B, H * W, heads, head_dim).transpose(1, 2)  # (B, heads, HW, hd)
         k, v = self.kv(states).view(B, L, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, hd)
         keep = mask[:, None, None, :]  # (B, 1, 1, L): attend to tokens, never to padding
@@ -306,12 +317,15 @@ class UNet(nn.Module):
                             if cfg.num_classes is not None else None)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
+        def pos(res: int) -> int | None:  # the size of cross-attention's position embedding, if any
+            return res if cfg.cross_attn_pos else None
+
         def block(in_ch: int, out_ch: int, res: int) -> nn.ModuleList:
             layers = [ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, g)]
             if res in cfg.attn_resolutions:
                 layers.append(SelfAttention(out_ch, cfg.num_heads, g))
             if cfg.context_dim is not None and res in cfg.cross_attn_resolutions:
-                layers.append(CrossAttention(out_ch, cfg.context_dim, cfg.num_heads, g))
+                layers.append(CrossAttention(out_ch, cfg.context_dim, cfg.num_heads, g, pos(res)))
             return nn.ModuleList(layers)
 
         # Down path: remember the channel count of every output that becomes a skip connection.
@@ -327,7 +341,7 @@ class UNet(nn.Module):
                 res //= 2
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g),
                                   SelfAttention(ch, cfg.num_heads, g),
-                                  *([CrossAttention(ch, cfg.context_dim, cfg.num_heads, g)]
+                                  *([CrossAttention(ch, cfg.context_dim, cfg.num_heads, g, pos(res))]
                                     if cfg.context_dim is not None else []),
                                   ResBlock(ch, ch, emb_dim, cfg.dropout, g)])
         # Up path: one more block per level than on the way down, each eating one skip.

@@ -14,7 +14,7 @@ from sfs.samplers import ddim_sample, dpm_solver_2m_sample
 from sfs.schedules import cosine_schedule
 from sfs.text import BOS, EOS, PAD, TextContext, TextEncoder, TextEncoderConfig, Tokenizer
 from sfs.text2image import TextToImage, TextToImageConfig, generate
-from sfs.train_text2image import TextToImageTrainConfig, train_text2image
+from sfs.train_text2image import TextToImageTrainConfig, init_from, train_text2image
 from sfs.unet import CrossAttention, UNetConfig
 
 
@@ -112,6 +112,55 @@ def test_a_fresh_cross_attention_is_the_identity():
     ca = CrossAttention(8, 16, num_heads=2)
     x = torch.randn(1, 8, 4, 4)
     assert torch.equal(ca(x, TextContext(torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool))), x)
+
+
+def test_position_embedding_of_the_queries_is_eq_11_6():
+    torch.manual_seed(0)
+    ca = perturbed(CrossAttention(8, 16, num_heads=2, size=4))
+    assert ca.pos.shape == (8, 4, 4)
+    x, ctx = torch.randn(2, 8, 4, 4), TextContext(torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
+    plain = CrossAttention(8, 16, num_heads=2)
+    plain.load_state_dict({k: v for k, v in ca.state_dict().items() if k != "pos"})
+    h = ca.norm(x) + ca.pos  # eq. (11.6) by hand: only the queries see P
+    q = ca.q(h.flatten(2).transpose(1, 2)).view(2, 16, 2, 4).transpose(1, 2)
+    k, v = ca.kv(ctx.states).view(2, 3, 2, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+    w = (q @ k.transpose(-2, -1) / 2.0).softmax(-1)
+    by_hand = x + ca.proj((w @ v).transpose(1, 2).reshape(2, 16, 8)).transpose(1, 2).reshape(2, 8, 4, 4)
+    assert torch.allclose(ca(x, ctx), by_hand, atol=1e-5)
+    assert not torch.allclose(plain(x, ctx), by_hand, atol=1e-3)  # P changes what the queries pick
+    # the same position embedding for every image of the batch: shifting the image changes the output
+    assert not torch.allclose(ca(x.roll(1, -1), ctx), ca(x, ctx).roll(1, -1), atol=1e-3)
+
+
+def test_unet_places_position_embeddings_at_every_cross_attention_and_checks_the_flag():
+    from sfs.unet import UNet
+    cfg = UNetConfig(**{**tiny_config().unet.to_dict(), "cross_attn_pos": True})
+    net = UNet(cfg)
+    sizes = sorted(m.pos.shape[-1] for m in net.modules() if isinstance(m, CrossAttention))
+    n_blocks = sum(isinstance(m, CrossAttention) for m in net.modules())
+    assert len(sizes) == n_blocks and set(sizes) == {6, 12}
+    assert all(m.pos is None for m in UNet(tiny_config().unet).modules() if isinstance(m, CrossAttention))
+    with pytest.raises(TypeError, match="cross_attn_pos"):
+        UNetConfig(**{**tiny_config().unet.to_dict(), "cross_attn_pos": 1})
+
+
+def test_init_from_adds_position_embeddings_to_a_model_without_them():
+    torch.manual_seed(0)
+    start = perturbed(TextToImage(tiny_config()))
+    with_pos = tiny_config()
+    with_pos.unet.cross_attn_pos = True
+    model = TextToImage(with_pos)
+    init_from(model, start)
+    z, t = torch.randn(2, 4, 12, 12), torch.tensor([10, 900])
+    ids = start.tokenizer.encode(["a red 3 left of a blue 7", "two bags"])
+    with torch.no_grad():  # P = 0 at start: the same function as the model it came from
+        assert torch.allclose(model.eval()(z, t, ids), start(z, t, ids), atol=1e-6)
+    with pytest.raises(ValueError, match="init"):  # dropping them is not a continuation
+        init_from(TextToImage(tiny_config()), model)
+    wider = TextToImageConfig(unet=UNetConfig(**{**with_pos.unet.to_dict(), "base_channels": 16}),
+                              text=tiny_config().text)
+    with pytest.raises(ValueError, match="init"):
+        init_from(TextToImage(wider), start)
 
 
 # ---- the model, guidance and samplers ---------------------------------------------------------
