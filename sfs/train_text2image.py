@@ -177,6 +177,19 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     return ema
 
 
+def lineage_runs(card: dict) -> list[dict]:
+    """The runs behind a text2image checkpoint, first run first, each {"command", "machine",
+    "steps", "wall_time_s"} of that run alone. A card's ``init`` holds the checkpoint it started
+    from with the totals up to it ("steps", "wall_time_s") and, nested, that one's ``init``."""
+    chain = [card]
+    while chain[-1].get("init"):
+        chain.append(chain[-1]["init"])
+    steps = [lineage_steps(card)] + [c["steps"] for c in chain[1:]] + [0]  # totals up to each run
+    walls = [card.get("wall_time_s_total") or card["wall_time_s"]] + [c["wall_time_s"] or 0 for c in chain[1:]] + [0]
+    return [{"command": c.get("command"), "machine": c.get("machine"), "steps": steps[k] - steps[k + 1],
+             "wall_time_s": round(walls[k] - walls[k + 1], 1)} for k, c in enumerate(chain)][::-1]
+
+
 def lineage_steps(card: dict) -> int:
     """The training steps behind a text2image checkpoint: its own run's, plus those of the run it
     started from (``--init``), and so on back."""
@@ -214,7 +227,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         card["init"] = {"model": cfg.init, "file_sha256": init_card["file_sha256"],
                         "steps": lineage_steps(init_card), "command": init_card.get("command"),
                         "machine": init_card.get("machine"),
-                        "wall_time_s": init_card.get("wall_time_s_total", init_card.get("wall_time_s"))}
+                        "wall_time_s": init_card.get("wall_time_s_total", init_card.get("wall_time_s")),
+                        "init": init_card.get("init")}  # and what that run started from, and so on back
         card["steps_total"] = card["init"]["steps"] + step
         card["wall_time_s_total"] = round((card["init"]["wall_time_s"] or 0) + wall_time, 1)
     card = save_checkpoint(path, ema, ema.config, card)
@@ -227,10 +241,12 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
              ("final loss (mean of last 100 steps)", card["final_loss"]),
              ("wall time", f"{wall_time:.0f} s on {card['machine']}")]
     if init_card is not None:  # the lineage: what this run started from, and the totals
-        i = card["init"]
-        table += [("started from", f"{i['model']} (sha256 {i['file_sha256'][:12]}...): {i['steps']} steps "
-                                   f"in {i['wall_time_s']:.0f} s on {i['machine']}, trained with `{i['command']}`"),
-                  ("in all", f"{card['steps_total']} steps in {card['wall_time_s_total']:.0f} s")]
+        i, label = card["init"], "started from"
+        while i is not None:
+            table.append((label, f"{i['model']} (sha256 {i['file_sha256'][:12]}...): {i['steps']} steps "
+                                 f"in {i['wall_time_s']:.0f} s on {i['machine']}, trained with `{i['command']}`"))
+            i, label = i.get("init"), "which started from"
+        table.append(("in all", f"{card['steps_total']} steps in {card['wall_time_s_total']:.0f} s"))
     table += [("code version", card["git_commit"]),
               ("weights", f"{card['file']} ({card['dtype']}), sha256 {card['file_sha256']}")]
     prompts = "; ".join(f"row {i + 1}: {p}" for i, p in enumerate(SAMPLE_PROMPTS))

@@ -14,7 +14,7 @@ from sfs.samplers import ddim_sample, dpm_solver_2m_sample
 from sfs.schedules import cosine_schedule
 from sfs.text import BOS, EOS, PAD, TextContext, TextEncoder, TextEncoderConfig, Tokenizer
 from sfs.text2image import TextToImage, TextToImageConfig, generate
-from sfs.train_text2image import TextToImageTrainConfig, init_from, train_text2image
+from sfs.train_text2image import TextToImageTrainConfig, init_from, lineage_runs, train_text2image
 from sfs.unet import CrossAttention, UNetConfig
 
 
@@ -282,6 +282,17 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     # its snapshots count the whole lineage too (bench_text2image's accuracy against steps reads it)
     _, snap_card = load_model(tmp_path / "c" / "snapshots" / "ema-0000001.safetensors", kind="text2image")
     assert (snap_card["steps"], snap_card["steps_total"]) == (1, start_card["steps"] + 1)
+    # a third run, from the second: the card nests the lineage, and every run is still there
+    third = TextToImageTrainConfig(**{**cfg.__dict__, "init": str(tmp_path / "models" / "tiny-sd-2.safetensors"),
+                                      "steps": 2, "out": str(tmp_path / "e"), "export": "tiny-sd-3"})
+    train_text2image(third, canvases, False)
+    _, card3 = load_model(tmp_path / "models" / "tiny-sd-3.safetensors", kind="text2image")
+    runs = lineage_runs(card3)
+    assert [r["steps"] for r in runs] == [start_card["steps"], 1, 2] and card3["steps_total"] == start_card["steps"] + 3
+    assert runs[0]["command"] == start_card["command"] and runs[1]["command"] == card["command"]
+    assert abs(sum(r["wall_time_s"] for r in runs) - card3["wall_time_s_total"]) < 0.5
+    md3 = (tmp_path / "models" / "tiny-sd-3.md").read_text()
+    assert "which started from" in md3 and start_card["command"] in md3
     other = TextToImageConfig(unet=UNetConfig(**{**tiny_config().unet.to_dict(), "base_channels": 16}),
                               text=tiny_config().text)
     with pytest.raises(ValueError, match="init"):
