@@ -223,9 +223,9 @@ class CrossAttention(nn.Module):
     ``attention`` (B, H*W, L): which word each image position looked at.
 
     With ``size`` (the block's image size H = W) the queries also see where they are, book eq.
-    (11.6): a learned embedding P (C, H, W), added to the normalized image before the query
-    projection, Q = (norm(x) + P) W_Q. A query then carries its position on the canvas, so "left"
-    can draw the left half's queries towards an object's words. P starts at zero: a fresh block
+    (11.6): a learned embedding G (C, H, W), added to the normalized image before the query
+    projection, Q = (norm(x) + G) W_Q. A query then carries its position on the canvas, so "left"
+    can draw the left half's queries towards an object's words. G starts at zero: a fresh block
     (or one added to a trained model, ``init_from``) computes what it did without it.
     """
 
@@ -236,7 +236,7 @@ class CrossAttention(nn.Module):
             raise ValueError(f"channels={channels} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.norm = group_norm(channels, groups)
-        self.pos = nn.Parameter(torch.zeros(channels, size, size)) if size else None  # P (C, H, W)
+        self.pos = nn.Parameter(torch.zeros(channels, size, size)) if size else None  # G (C, H, W)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = nn.Linear(channels, channels)
