@@ -28,7 +28,7 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighting: str | None = "min_snr",
-               gamma: float = 5.0) -> torch.Tensor:
+               gamma: float = 5.0, max_weight: float | None = None) -> torch.Tensor:
     """Per-example loss weight w_t (B,) for ``target``, from a weight w_x0(t) on the x0 error.
 
     Book eqs. (4.6), (6.2). Errors of the three targets differ by SNR factors (eq. (4.6)):
@@ -36,9 +36,20 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
     weighting w_x0(t) of the x0 error becomes w_x0 for target "x0", w_x0 / snr for "eps" and
     w_x0 / (snr + 1) for "v". weighting "snr": w_x0 = snr (the eps loss of eq. (3.7), whatever the
     target); "min_snr": w_x0 = min(snr, gamma) (Hang et al. 2023, eq. 8), i.e. min(1, gamma / snr) on
-    the eps error; None: weight 1 for every target. (The book writes the weight w_t; lambda_t is
-    the log-SNR, see book/notation.md.)
+    the eps error; "snr+1": w_x0 = snr + 1, the v loss's weighting whatever the target (Salimans &
+    Ho 2022, sec. 4), i.e. 1 + 1 / snr on the eps error: it keeps weight on the x0 error at high
+    noise, where the eps loss's vanishes; None: weight 1 for every target. ``max_weight`` clamps
+    w_t from above (an eps model's 1 + 1 / snr is 4e8 at t = T - 1 on the cosine schedule).
+    (The book writes the weight w_t; lambda_t is the log-SNR, see book/notation.md.)
     """
+    if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, (int, float))
+                                   or not max_weight > 0):
+        raise ValueError(f"max_weight must be a number > 0 or None, got {max_weight!r}")
+    w = _weight(schedule, t, target, weighting, gamma)
+    return w if max_weight is None else w.clamp(max=float(max_weight))
+
+
+def _weight(schedule: Schedule, t, target: str, weighting: str | None, gamma: float) -> torch.Tensor:
     t = check_t(schedule, t, t.numel() if isinstance(t, torch.Tensor) else 1)
     snr = schedule.snr.to(t.device)[t]
     if weighting is None:
@@ -49,11 +60,15 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         w_x0 = snr.clamp(max=gamma)
+    elif weighting == "snr+1":
+        w_x0 = snr + 1
     else:
-        raise ValueError(f"weighting must be None, 'snr' or 'min_snr', got {weighting!r}")
+        raise ValueError(f"weighting must be None, 'snr', 'min_snr' or 'snr+1', got {weighting!r}")
     if target == "x0":
         return w_x0
-    if target == "eps":  # w_x0 / snr, written so snr = 0 (zero terminal SNR) gives 1, not 0/0
+    if target == "eps":  # w_x0 / snr, written so snr = 0 (zero terminal SNR) gives 1 or inf, not 0/0
+        if weighting == "snr+1":
+            return 1 + 1 / snr
         return torch.ones_like(snr) if weighting == "snr" else (gamma / snr).clamp(max=1.0)
     if target == "v":
         return w_x0 / (snr + 1)
@@ -62,13 +77,13 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
 
 def simple_loss(model_output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                 schedule: Schedule, target: str = "eps", weighting: str | None = None,
-                gamma: float = 5.0) -> torch.Tensor:
+                gamma: float = 5.0, max_weight: float | None = None) -> torch.Tensor:
     """Mean squared error between the network output and its target, a scalar (batch mean).
 
     Book eq. (3.7); Ho et al. 2020, eq. 14 (target "eps", no weighting). model_output, x0, eps:
     (B, ...); t: (B,) int64, the step x_t was drawn at from x0 and eps. target "x0" or "v"
     (book eq. (4.2)) changes what the network predicts; ``weighting`` rescales each example as in
-    ``snr_weight``, e.g. "min_snr" for min-SNR-gamma (Hang et al. 2023).
+    ``snr_weight``, e.g. "min_snr" for min-SNR-gamma (Hang et al. 2023), clamped at ``max_weight``.
     """
     if not (model_output.shape == x0.shape == eps.shape):
         raise ValueError("model_output, x0 and eps must have the same shape, got "
@@ -82,7 +97,7 @@ def simple_loss(model_output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
     else:
         raise ValueError(f"target must be 'eps', 'x0' or 'v', got {target!r}")
     t = check_t(schedule, t, x0.shape[0], x0.device)
-    w = snr_weight(schedule, t, target, weighting, gamma).to(x0)
+    w = snr_weight(schedule, t, target, weighting, gamma, max_weight).to(x0)
     return (w * _mean_flat((model_output - y) ** 2)).mean()
 
 

@@ -7,7 +7,11 @@ simple loss of book eq. (3.7) in latent space:
     z0     = Autoencoder.encode(canvas)          (the posterior mean times the scale factor; cached)
     ids    = Tokenizer.encode(caption), replaced by the empty prompt with probability prompt_dropout
     z_t    = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) eps
-    loss   = || eps - model(z_t, t, ids) ||^2
+    loss   = w_t || eps - model(z_t, t, ids) ||^2
+
+with w_t = 1 by default; ``weighting="snr+1"`` (clamped at ``max_weight``) gives the x0 error the
+v loss's weight 1 + SNR instead of SNR (book eq. (4.6); ch. 12, sec. "Where: the clause it does
+not follow"): where a prompt's layout is decided, at high noise, the eps loss barely looks.
 
 The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other model's.
 """
@@ -47,6 +51,8 @@ class TextToImageTrainConfig:
     canvas_seed: int = 0
     prompt_dropout: float = 0.1  # probability of training on the empty prompt (for CFG)
     T: int = 1000  # cosine schedule
+    weighting: str | None = None  # None: the eps loss of eq. (3.7); "snr+1": sfs.losses.snr_weight
+    max_weight: float | None = None  # clamp of the per-example weight w_t
     steps: int = 20000
     minutes: float | None = None
     batch_size: int = 64
@@ -128,6 +134,11 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     ``canvases`` overrides the generated training set (tests). Book eq. (12.5), ch. 12 sec. "How it was trained"."""
     if not (isinstance(cfg.prompt_dropout, (int, float)) and 0 <= cfg.prompt_dropout <= 1):
         raise ValueError(f"prompt_dropout must be in [0, 1], got {cfg.prompt_dropout!r}")
+    if cfg.weighting not in (None, "min_snr", "snr+1"):
+        raise ValueError(f"weighting must be None, 'min_snr' or 'snr+1', got {cfg.weighting!r}")
+    if cfg.max_weight is not None and (isinstance(cfg.max_weight, bool) or not isinstance(
+            cfg.max_weight, (int, float)) or not cfg.max_weight > 0):
+        raise ValueError(f"max_weight must be a number > 0 or None, got {cfg.max_weight!r}")
     device = loop.resolve_device(cfg.device)
     ae, ae_card = load_model(cfg.autoencoder, kind="autoencoder")  # a name in models/ or a path
     if canvases is None:
@@ -157,7 +168,8 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
         # all of the global batch was drawn above; under torchrun each rank keeps its rows
         z0, t, eps, ids = distributed.shard(z0, t, eps, ids)
         out = forward(q_sample(schedule, z0, t, eps), t, ids)
-        return simple_loss(out.float(), z0, eps, t, schedule), None
+        return simple_loss(out.float(), z0, eps, t, schedule, weighting=cfg.weighting,
+                           max_weight=cfg.max_weight), None
 
     def on_sample(step, ema):
         # an EMA snapshot per sample grid: prompt accuracy against training steps (issue 12, sec. 5)
@@ -211,7 +223,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
                        "(book ch. 12).",
         "architecture": "sfs.text2image.TextToImage", "params": sum(p.numel() for p in ema.parameters()),
         "autoencoder": cfg.autoencoder, "autoencoder_sha256": ae_card["file_sha256"],
-        "target": "eps", "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
+        "target": "eps", "weighting": cfg.weighting, "max_weight": cfg.max_weight,
+        "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
         "data": "canvases (sfs.canvas.make_canvases, train split, combos 'seen')",
         "n_canvases": n_canvases, "canvas_seed": cfg.canvas_seed, "steps": step,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
@@ -237,7 +250,9 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
              ("latent space", f"{cfg.autoencoder} (sha256 {ae_card['file_sha256'][:12]}...)"),
              ("data", f"{n_canvases} training canvases, seed {cfg.canvas_seed}"),
              ("training", f"{step} steps, batch {cfg.batch_size}, lr {cfg.lr}, EMA {cfg.ema_decay}, "
-                          f"prompt dropout {cfg.prompt_dropout}"),
+                          f"prompt dropout {cfg.prompt_dropout}, loss weighting "
+                          f"{cfg.weighting or 'none (the eps loss)'}"
+                          + (f" clamped at {cfg.max_weight}" if cfg.max_weight else "")),
              ("final loss (mean of last 100 steps)", card["final_loss"]),
              ("wall time", f"{wall_time:.0f} s on {card['machine']}")]
     if init_card is not None:  # the lineage: what this run started from, and the totals
@@ -275,6 +290,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-channels", type=positive_int, default=d.model.unet.base_channels)
     p.add_argument("--cross-attn-pos", action="store_true",
                    help="give cross-attention's queries a learned position embedding (book eq. (11.6))")
+    p.add_argument("--weighting", choices=["min_snr", "snr+1"], default=None,
+                   help="loss weighting (default: none, the eps loss); snr+1: the v loss's weight "
+                        "on the x0 error (sfs.losses.snr_weight)")
+    p.add_argument("--max-weight", type=positive_float, default=None,
+                   help="clamp the per-example loss weight at this value")
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
     cpu_probe.add_args(p)  # --bf16, --threads, --no-probe

@@ -48,9 +48,33 @@ def test_min_snr_weights_at_known_snrs(known):
     ok("x0", "snr", snr)
     ok("v", "snr", snr / (snr + 1))
     ok("v", None, torch.ones(4, dtype=torch.float64))
+    ok("eps", "snr+1", 1 + 1 / snr)  # the v loss's weight 1 + snr on the x0 error, per target
+    ok("x0", "snr+1", snr + 1)
+    ok("v", "snr+1", torch.ones(4, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("weighting", ["snr", "min_snr"])
+def test_max_weight_clamps_every_weighting(known):
+    t = torch.arange(4)
+    w = snr_weight(known, t, "eps", "snr+1", max_weight=2.0)  # 1.05, 1.2, 2, 5 -> 5 clamped
+    torch.testing.assert_close(w, torch.tensor([1.05, 1.2, 2.0, 2.0], dtype=torch.float64))
+    assert snr_weight(known, t, "x0", "snr", max_weight=3.0).max() == 3.0
+    # a clamp above every weight changes nothing
+    torch.testing.assert_close(snr_weight(known, t, "eps", "snr+1", max_weight=1e9),
+                               snr_weight(known, t, "eps", "snr+1"))
+
+
+def test_snr_plus_one_on_eps_keeps_the_x0_error_weighted_at_high_noise():
+    """At t = T - 1 of the cosine schedule the eps loss weights the x0 error by snr ~ 2e-9;
+    "snr+1" restores weight ~1 (up to the clamp)."""
+    from sfs.schedules import cosine_schedule
+    s = cosine_schedule(1000)
+    t = torch.tensor([999, 950, 500])
+    w_x0 = snr_weight(s, t, "eps", "snr+1", max_weight=50.0) * s.snr[t]  # eq. (4.6)
+    assert w_x0[0] < 1e-6 and 0.29 < w_x0[1] < 0.3  # clamped: 50 snr
+    assert abs(w_x0[2] - (s.snr[500] + 1)) < 1e-4  # unclamped: 1 + snr
+
+
+@pytest.mark.parametrize("weighting", ["snr", "min_snr", "snr+1"])
 def test_weighted_losses_agree_across_targets(known, weighting):
     """One denoiser written as eps_hat, x0_hat or v_hat gets the same weighted loss."""
     g = torch.Generator().manual_seed(1)
@@ -183,6 +207,10 @@ def test_nll_bpd_dense_steps_are_counted_once_and_the_stride_stays_unbiased():
     (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, target="score"), "target"),
     (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, weighting="p2"), "weighting"),
     (lambda s, x: simple_loss(x, x, x[:, :1], torch.zeros(2, dtype=torch.long), s), "eps"),
+    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, weighting="snr+1",
+                              max_weight=0.0), "max_weight"),
+    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, max_weight="10"), "max_weight"),
+    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, max_weight=True), "max_weight"),
     (lambda s, x: simple_loss(x, x, x, torch.full((2,), 10), s), "t"),
     (lambda s, x: nll_bpd(lambda *a: a[0], s, x, variance="learned"), "variance"),
     (lambda s, x: nll_bpd(lambda *a: a[0], s, x, t_stride=0), "t_stride"),

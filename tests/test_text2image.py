@@ -298,3 +298,36 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     with pytest.raises(ValueError, match="init"):
         train_text2image(TextToImageTrainConfig(**{**cfg.__dict__, "model": other, "out": str(tmp_path / "d")}),
                          canvases, False)
+
+
+def test_a_run_records_its_loss_weighting_and_refuses_bad_ones(trained, tmp_path):
+    root, _, _ = trained
+    canvases = make_canvases(16, seed=1)
+    cfg = TextToImageTrainConfig(model=tiny_config(), autoencoder=str(root / "models" / "ae.safetensors"),
+                                 steps=2, batch_size=4, sample_every=0, device="cpu", log_every=1,
+                                 out=str(tmp_path / "w"), export="tiny-sd-w", models_dir=str(tmp_path / "models"),
+                                 weighting="snr+1", max_weight=50.0)
+    train_text2image(cfg, canvases, False)
+    _, card = load_model(tmp_path / "models" / "tiny-sd-w.safetensors", kind="text2image")
+    assert (card["weighting"], card["max_weight"]) == ("snr+1", 50.0)
+    assert "loss weighting snr+1 clamped at 50.0" in (tmp_path / "models" / "tiny-sd-w.md").read_text()
+    for field, bad in [("weighting", "p2"), ("weighting", "v"), ("max_weight", 0.0), ("max_weight", -1),
+                       ("max_weight", "big"), ("max_weight", True)]:
+        with pytest.raises(ValueError, match=field):
+            train_text2image(TextToImageTrainConfig(**{**cfg.__dict__, field: bad, "out": str(tmp_path / "x")}),
+                             canvases, False)
+    assert not (tmp_path / "x").exists()  # refused at the call, before any work
+
+
+def test_cli_weighting_options_reach_the_config():
+    import argparse
+    from sfs import train_text2image as mod
+    p = argparse.ArgumentParser()
+    mod.add_args(p)
+    cfg = mod.config_from_args(p.parse_args([]), ["train-text2image"])
+    assert (cfg.weighting, cfg.max_weight) == (None, None)  # the eps loss of eq. (3.7)
+    cfg = mod.config_from_args(p.parse_args(["--weighting", "snr+1", "--max-weight", "50"]), ["train-text2image"])
+    assert (cfg.weighting, cfg.max_weight) == ("snr+1", 50.0)
+    for bad in (["--weighting", "p2"], ["--max-weight", "0"], ["--max-weight", "x"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
