@@ -231,7 +231,7 @@ def score(judged: dict[str, torch.Tensor]) -> dict[str, float]:
 def entropy_bits(values) -> float:
     """Shannon entropy in bits of the empirical distribution of ``values`` (ints >= 0).
 
-    Book eq. (12.7): H = - sum_j p_j log2 p_j over the values j that occur; 0 for one value,
+    Book eq. (12.8): H = - sum_j p_j log2 p_j over the values j that occur; 0 for one value,
     log2(K) for K values equally often. NaN for no values.
     """
     values = torch.as_tensor(list(values), dtype=torch.long)
@@ -248,7 +248,7 @@ POSITION_CELLS = 3  # the position grid of ``open_diversity``: 3 x 3 cells
 
 
 def open_diversity(images: torch.Tensor, canvases: Canvases) -> dict[str, float]:
-    """How varied the images are where their captions leave a choice open, in bits (eq. (12.7)).
+    """How varied the images are where their captions leave a choice open, in bits (eq. (12.8)).
 
     Over the images with one object in the spec and exactly one detected: the entropy of the
     object's centre cell on a 3 x 3 grid, for captions that name no region, and of its size

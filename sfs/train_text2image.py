@@ -9,9 +9,9 @@ simple loss of book eq. (3.7) in latent space:
     z_t    = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) eps
     loss   = w_t || eps - model(z_t, t, ids) ||^2
 
-with w_t = 1 by default; ``weighting="snr+1"`` (clamped at ``max_weight``) gives the x0 error the
-v loss's weight 1 + SNR instead of SNR (book eq. (4.6); ch. 12, sec. "Where: the clause it does
-not follow"): where a prompt's layout is decided, at high noise, the eps loss barely looks.
+with w_t = 1 by default; ``weighting="snr+1"`` clamped at ``max_weight`` (Book eq. (12.6)) gives
+the x0 error the v loss's weight 1 + SNR instead of SNR (book eq. (4.6); ch. 12, sec. "Where: the
+clause it does not follow"): where a prompt's layout is decided, at high noise, the eps loss barely looks.
 
 The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other model's.
 """

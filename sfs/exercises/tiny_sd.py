@@ -3,7 +3,7 @@
     from sfs.exercises import tiny_sd as check
     check.pipeline(my_pipeline)          # my_pipeline(prompts, model, autoencoder, guidance_scale, steps, seed)
                                          #   -> images (B, 3, H, W) in [-1, 1], eqs. (12.1)-(12.4)
-    check.entropy_bits(my_entropy)       # my_entropy(values: list of ints) -> bits, eq. (12.7)
+    check.entropy_bits(my_entropy)       # my_entropy(values: list of ints) -> bits, eq. (12.8)
 
 The pipeline is checked on a tiny random text-to-image model and a tiny random autoencoder (built
 here in a fraction of a second), against ``sfs.text2image.generate`` with the same seed.
@@ -130,7 +130,7 @@ pipeline = Exercise(
 )
 
 
-# -- 2. diversity in bits, book eq. (12.7) --------------------------------------------------------
+# -- 2. diversity in bits, book eq. (12.8) --------------------------------------------------------
 
 def entropy_bits_solution(values):
     """The Shannon entropy in bits of the empirical distribution of a list of ints >= 0."""
@@ -161,7 +161,7 @@ entropy_bits = Exercise(
     cases=_entropy_cases,
     solution=entropy_bits_solution,
     hint="Count how often each value occurs, divide by the number of values to get p_j, and return "
-         "- sum_j p_j log2 p_j over the values that occur (eq. (12.7)); log2, so the answer is in bits.",
+         "- sum_j p_j log2 p_j over the values that occur (eq. (12.8)); log2, so the answer is in bits.",
     output="number", broadcast_hint=None, rtol=1e-6, atol=1e-9,
     mistakes=[
         Mistake(lambda v: _h(v, log=math.log), "that is the entropy in nats (natural log); bits need log2: "
