@@ -42,9 +42,9 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
     w_t from above (an eps model's 1 + 1 / snr is 4e8 at t = T - 1 on the cosine schedule).
     (The book writes the weight w_t; lambda_t is the log-SNR, see book/notation.md.)
     """
-    if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, (int, float))
-                                   or not max_weight > 0):
-        raise ValueError(f"max_weight must be a number > 0 or None, got {max_weight!r}")
+    if max_weight is not None:
+        from sfs.validate import check_float
+        max_weight = check_float("max_weight", max_weight, low=0, low_open=True)
     w = _weight(schedule, t, target, weighting, gamma)
     return w if max_weight is None else w.clamp(max=float(max_weight))
 

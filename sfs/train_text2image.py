@@ -134,11 +134,10 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
     ``canvases`` overrides the generated training set (tests). Book eq. (12.5), ch. 12 sec. "How it was trained"."""
     if not (isinstance(cfg.prompt_dropout, (int, float)) and 0 <= cfg.prompt_dropout <= 1):
         raise ValueError(f"prompt_dropout must be in [0, 1], got {cfg.prompt_dropout!r}")
-    if cfg.weighting not in (None, "min_snr", "snr+1"):
-        raise ValueError(f"weighting must be None, 'min_snr' or 'snr+1', got {cfg.weighting!r}")
-    if cfg.max_weight is not None and (isinstance(cfg.max_weight, bool) or not isinstance(
-            cfg.max_weight, (int, float)) or not cfg.max_weight > 0):
-        raise ValueError(f"max_weight must be a number > 0 or None, got {cfg.max_weight!r}")
+    from sfs.validate import check_choice, check_float
+    check_choice("weighting", cfg.weighting, (None, "min_snr", "snr+1"))
+    if cfg.max_weight is not None:
+        check_float("max_weight", cfg.max_weight, low=0, low_open=True)
     device = loop.resolve_device(cfg.device)
     ae, ae_card = load_model(cfg.autoencoder, kind="autoencoder")  # a name in models/ or a path
     if canvases is None:

@@ -209,8 +209,8 @@ def test_nll_bpd_dense_steps_are_counted_once_and_the_stride_stays_unbiased():
     (lambda s, x: simple_loss(x, x, x[:, :1], torch.zeros(2, dtype=torch.long), s), "eps"),
     (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, weighting="snr+1",
                               max_weight=0.0), "max_weight"),
-    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, max_weight="10"), "max_weight"),
-    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, max_weight=True), "max_weight"),
+    (lambda s, x: simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), s, max_weight=float("inf")),
+     "max_weight"),
     (lambda s, x: simple_loss(x, x, x, torch.full((2,), 10), s), "t"),
     (lambda s, x: nll_bpd(lambda *a: a[0], s, x, variance="learned"), "variance"),
     (lambda s, x: nll_bpd(lambda *a: a[0], s, x, t_stride=0), "t_stride"),
@@ -218,3 +218,10 @@ def test_nll_bpd_dense_steps_are_counted_once_and_the_stride_stays_unbiased():
 def test_bad_arguments_name_the_parameter(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call(linear_schedule(10), torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("bad", ["10", True, torch.tensor(10.0)])
+def test_max_weight_of_another_type_is_a_type_error(bad):
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="max_weight"):
+        simple_loss(x, x, x, torch.zeros(2, dtype=torch.long), linear_schedule(10), max_weight=bad)
