@@ -46,7 +46,7 @@ def snr_weight(schedule: Schedule, t: torch.Tensor, target: str = "eps", weighti
         from sfs.validate import check_float
         max_weight = check_float("max_weight", max_weight, low=0, low_open=True)
     w = _weight(schedule, t, target, weighting, gamma)
-    return w if max_weight is None else w.clamp(max=float(max_weight))
+    return w if max_weight is None else w.clamp(max=max_weight)
 
 
 def _weight(schedule: Schedule, t, target: str, weighting: str | None, gamma: float) -> torch.Tensor:

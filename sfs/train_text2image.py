@@ -10,8 +10,9 @@ simple loss of book eq. (3.7) in latent space:
     loss   = w_t || eps - model(z_t, t, ids) ||^2
 
 with w_t = 1 by default; ``weighting="snr+1"`` clamped at ``max_weight`` (Book eq. (12.6)) gives
-the x0 error the v loss's weight 1 + SNR instead of SNR (book eq. (4.6); ch. 12, sec. "Where: the
-clause it does not follow"): where a prompt's layout is decided, at high noise, the eps loss barely looks.
+the x0 error the v loss's weight 1 + SNR instead of SNR (book eq. (4.6)): where a prompt's layout is
+decided, at high noise, the eps loss barely looks
+(Book ch. 12, sec. "Where: the clause that needed another loss").
 
 The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other model's.
 """
