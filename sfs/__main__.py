@@ -22,6 +22,7 @@ import torch
 
 from sfs import cpu_probe, distributed, generate_cli, train_autoencoder, train_text2image
 from sfs.data import load_dataset
+from sfs.loop import LR_DECAYS, check_lr_decay
 from sfs.train import TrainConfig, train
 from sfs.unet import UNetConfig
 from sfs.validate import (check_int, existing_dir, finite_float, fraction, fraction_below_one, ints_arg,
@@ -70,6 +71,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     g.add_argument("--lr", type=positive_float, default=d.lr)
     g.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
+                   help="after the warmup: constant, or cosine to 0 at --steps (book ch. 6)")
     g.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help="max gradient norm, > 0")
     g.add_argument("--ema-decay", type=fraction_below_one, default=d.ema_decay, help="in [0, 1)")
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     if args.out is None:
         cfg.out = f"runs/{cfg.data}-{'cond' if cfg.conditional else 'uncond'}"
     check_int("--sample-steps", cfg.sample_steps, 1, cfg.T, hint="at most --T")
+    check_lr_decay(cfg.lr_decay, cfg.steps, cfg.warmup_steps)
     return cfg
 
 

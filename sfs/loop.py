@@ -7,7 +7,7 @@ its loss; everything else is here, once:
     for step in range(start, cfg.steps):
         idx   <- batch_indices(n, batch_size, seed, step)   (a function of (seed, step) alone)
         loss  <- loss_fn(forward, idx, generator)           (the caller's loss on that batch)
-        AdamW step with linear warmup and gradient clipping, then the EMA of the weights
+        AdamW step with linear warmup (then constant or cosine decay) and gradient clipping, then the EMA of the weights
         every log_every steps: loss.jsonl and the progress bar; every ckpt_every: a training state
 
 Everything random is drawn from ``generator`` (and torch's global RNG for dropout), whose states go
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import subprocess
@@ -41,7 +42,7 @@ from sfs.checkpoints import (latest_training_state, load_training_state, save_tr
                              write_json)
 
 # The fields a training config needs for this loop (see sfs.train.TrainConfig for their meaning).
-LOOP_FIELDS = ("steps", "minutes", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
+LOOP_FIELDS = ("steps", "minutes", "batch_size", "lr", "warmup_steps", "lr_decay", "weight_decay", "grad_clip",
                "ema_decay", "seed", "bf16", "compile", "out", "ckpt_every", "sample_every",
                "log_every")
 # Settings a resumed run may change: where and how fast it runs, and what it writes. Any other
@@ -53,9 +54,35 @@ RESUMABLE_CHANGES = {"steps", "minutes", "data_dir", "device", "bf16", "channels
                      "cpu_settings"}
 
 
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then constant. Book ch. 6, sec. "The recipe"."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+LR_DECAYS = ("constant", "cosine")
+# Fields added to LOOP_FIELDS after runs were saved, with the value those runs trained with, so
+# that an older run folder still resumes.
+ADDED_FIELDS = {"lr_decay": "constant"}
+
+
+def check_lr_decay(decay: str, steps: int | None, warmup_steps: int) -> None:
+    """ValueError unless ``decay`` is one of LR_DECAYS and a cosine decay has steps after its warmup."""
+    if decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {decay!r}")
+    if decay == "cosine" and (steps is None or steps <= warmup_steps):
+        raise ValueError(f"lr_decay='cosine' needs steps > warmup_steps ({warmup_steps}), got steps={steps!r}")
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, decay: str = "constant",
+          steps: int | None = None) -> float:
+    """The learning rate of step ``step`` (counted from 0). Book ch. 6, sec. "The recipe".
+
+    Linear warmup from 0 to ``lr`` over ``warmup_steps``; then constant (``decay="constant"``) or,
+    with ``decay="cosine"``, lr * (1 + cos(pi * s)) / 2 where s = (step - warmup_steps) /
+    (steps - warmup_steps) runs from 0 after the warmup to 1 at ``steps``, the run's last step
+    (Loshchilov & Hutter 2017, without restarts): the rate anneals to 0 as the run ends.
+    """
+    check_lr_decay(decay, steps, warmup_steps)
+    rate = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay == "cosine" and step >= warmup_steps:
+        s = min(1.0, (step - warmup_steps) / (steps - warmup_steps))
+        rate = lr * 0.5 * (1.0 + math.cos(math.pi * s))
+    return rate
 
 
 @torch.no_grad()
@@ -175,6 +202,7 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
     if cfg.batch_size % distributed.world_size():
         raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of ranks "
                          f"({distributed.world_size()}): each rank takes an equal share of it")
+    check_lr_decay(cfg.lr_decay, cfg.steps, cfg.warmup_steps)
     main = distributed.is_main()  # rank 0 (or the only process) writes; the other ranks only read
     run_dir = Path(cfg.out)
     if main:
@@ -193,9 +221,11 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
     cpu_probe.settle(cfg, model, loss_fn, n_data, device, saved)  # bf16 and threads, see there
     if state is not None:
         now = cfg.to_dict()
-        differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        # a cosine decay's rate at each step depends on the run's length, so its steps are fixed
+        free = RESUMABLE_CHANGES - ({"steps"} if cfg.lr_decay != "constant" else set())
+        differ = sorted(k for k in now if k not in free and saved.get(k, ADDED_FIELDS.get(k)) != now[k])
         if differ:
-            changes = ", ".join(f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in differ)
+            changes = ", ".join(f"{k}={saved.get(k, ADDED_FIELDS.get(k))!r} there, {now[k]!r} now" for k in differ)
             raise ValueError(f"{run_dir} holds a run with other settings, so it cannot be resumed "
                              f"with these: {changes}. Use another --out, or the same settings.")
         sidecar = load_training_state(state, model, ema, optimizer, generator)
@@ -252,7 +282,7 @@ def run(cfg, model: nn.Module, loss_fn: Callable, n_data: int, device: torch.dev
     deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
     while step < cfg.steps:
         idx = batch_indices(n_data, cfg.batch_size, cfg.seed, step, perm_cache)
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps)
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay, cfg.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         distributed.seed_dropout(cfg.seed, step)  # under torchrun only: see sfs.distributed

@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3  # peak learning rate, reached after warmup
     warmup_steps: int = 200  # linear warmup from 0
+    lr_decay: str = "constant"  # after the warmup: "constant" or "cosine" to 0 at the last step
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (off, as in DDPM)
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # EMA of the weights, warmed up as min(decay, (1 + s) / (10 + s))
@@ -284,7 +285,7 @@ def export(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, dataset: ImageD
         "target": cfg.target, "weighting": cfg.weighting, "schedule": cfg.schedule, "T": cfg.T,
         "data": cfg.data, "data_sha256": data_sha256(dataset), "data_size": len(dataset),
         "conditional": cfg.conditional, "label_dropout": cfg.label_dropout if cfg.conditional else None,
-        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay,
         "warmup_steps": cfg.warmup_steps, "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
         "bf16": cfg.bf16, "cpu_settings": cfg.cpu_settings, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),

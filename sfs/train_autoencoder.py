@@ -42,6 +42,7 @@ class AutoencoderTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
+    lr_decay: str = "constant"  # after the warmup: "constant" or "cosine" to 0 at the last step
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -142,7 +143,7 @@ def export(cfg: AutoencoderTrainConfig, ema: Autoencoder, canvases: Canvases, ru
         "beta": cfg.beta, "data": "canvases (sfs.canvas.make_canvases, combos 'seen')",
         "n_canvases": len(canvases), "canvas_seed": cfg.canvas_seed,
         "data_dir": "full MNIST + Fashion-MNIST" if cfg.data_dir or _env_data() else "bundled samples",
-        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
+        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay,
         "seed": cfg.seed,
         "final_rec_l1": round(sum(r["rec"] for r in last) / max(1, len(last)), 5),
         "final_kl_per_value": round(sum(r["kl"] for r in last) / max(1, len(last)), 5),
@@ -199,6 +200,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
              "grad_clip": positive_float, "ema_decay": fraction_below_one}
     for name, kind in types.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+    p.add_argument("--lr-decay", choices=loop.LR_DECAYS, default=d.lr_decay,
+                   help="after the warmup: constant, or cosine to 0 at --steps")
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
     cpu_probe.add_args(p)  # --bf16, --threads, --no-probe
@@ -213,5 +216,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> AutoencoderTr
     model = AutoencoderConfig(base_channels=args.base_channels, channel_mults=args.channel_mults,
                               num_res_blocks=args.num_res_blocks, latent_channels=args.latent_channels)
     names = {f for f in AutoencoderTrainConfig.__dataclass_fields__} - {"model", "command", "compile", "cpu_settings"}
+    loop.check_lr_decay(args.lr_decay, args.steps, args.warmup_steps)
     return AutoencoderTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                                   **{k: getattr(args, k) for k in names})

@@ -59,6 +59,7 @@ class TextToImageTrainConfig:
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 500
+    lr_decay: str = "constant"  # after the warmup: "constant" or "cosine" to 0 at the last step
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -227,7 +228,7 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
         "data": "canvases (sfs.canvas.make_canvases, train split, combos 'seen')",
         "n_canvases": n_canvases, "canvas_seed": cfg.canvas_seed, "steps": step,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
         "wall_time_s": round(wall_time, 1), "machine": loop.machine_name(device),
         "torch": torch.__version__, "bf16": cfg.bf16, "cpu_settings": cfg.cpu_settings,
@@ -295,6 +296,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "on the x0 error (sfs.losses.snr_weight)")
     p.add_argument("--max-weight", type=positive_float, default=None,
                    help="clamp the per-example loss weight at this value")
+    p.add_argument("--lr-decay", choices=loop.LR_DECAYS, default=d.lr_decay,
+                   help="after the warmup: constant, or cosine to 0 at --steps")
     p.add_argument("--minutes", type=positive_float, default=None)
     p.add_argument("--device", default=d.device)
     cpu_probe.add_args(p)  # --bf16, --threads, --no-probe
@@ -310,5 +313,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TextToImageTr
     model.unet.base_channels = args.base_channels
     model.unet.cross_attn_pos = args.cross_attn_pos
     names = set(TextToImageTrainConfig.__dataclass_fields__) - {"model", "command", "compile", "T", "cpu_settings"}
+    loop.check_lr_decay(args.lr_decay, args.steps, args.warmup_steps)
     return TextToImageTrainConfig(model=model, command="python -m sfs " + shlex.join(argv),
                                   **{k: getattr(args, k) for k in names})

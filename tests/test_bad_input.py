@@ -499,6 +499,7 @@ CLI_OPTIONS = {
     "--minutes": bad_float_text(0),
     "--weight-decay": bad_float_text(0),
     "--guidance-scale": bad_float_text(),
+    "--lr-decay": st.sampled_from(["", "linear", "Cosine", "none", "1", "--"]),
     "--channel-mults": st.one_of(st.just(""), _with_one_bad(st.integers(1, 4), st.integers(max_value=0))
                                  .map(lambda v: ",".join(map(str, v))), words.filter(bool)),
     "--attn-resolutions": _with_one_bad(st.sampled_from([7, 14]), st.integers(max_value=0)).map(
@@ -532,6 +533,17 @@ def test_cli_refuses_bad_values_in_one_line(option, data):
     value = data.draw(CLI_OPTIONS[option], label=option)
     line = _cli_error(["train", f"{option}={value}", "--device", "cpu"])
     assert f"argument {option}:" in line, line
+
+
+@pytest.mark.parametrize("command", ["train", "train-text2image", "train-autoencoder"])
+def test_a_cosine_decay_without_steps_after_its_warmup_is_refused_in_one_line(command):
+    err = io.StringIO()
+    with (mock.patch("sfs.__main__.train", _never_train), contextlib.redirect_stderr(err),
+          pytest.raises(SystemExit) as info):
+        main([command, "--lr-decay", "cosine", "--steps", "100", "--warmup-steps", "100", "--device", "cpu"])
+    assert info.value.code == 2
+    line = err.getvalue().strip().splitlines()[-1]
+    assert line.startswith(f"python -m sfs {command}: error: lr_decay='cosine' needs steps > warmup_steps"), line
 
 
 @pytest.mark.parametrize("option", ["--out", "--device", "--models-dir", "--steps", "--export", "--data-dir"])

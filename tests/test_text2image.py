@@ -328,6 +328,9 @@ def test_cli_weighting_options_reach_the_config():
     assert (cfg.weighting, cfg.max_weight) == (None, None)  # the eps loss of eq. (3.7)
     cfg = mod.config_from_args(p.parse_args(["--weighting", "snr+1", "--max-weight", "50"]), ["train-text2image"])
     assert (cfg.weighting, cfg.max_weight) == ("snr+1", 50.0)
-    for bad in (["--weighting", "p2"], ["--max-weight", "0"], ["--max-weight", "x"]):
+    assert cfg.lr_decay == "constant"
+    cfg = mod.config_from_args(p.parse_args(["--lr-decay", "cosine", "--steps", "900"]), ["train-text2image"])
+    assert (cfg.lr_decay, cfg.steps) == ("cosine", 900)
+    for bad in (["--weighting", "p2"], ["--max-weight", "0"], ["--max-weight", "x"], ["--lr-decay", "step"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)

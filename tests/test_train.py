@@ -1,6 +1,7 @@
 """Training: determinism, resume after a crash to the same weights, the CLI, export."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -98,6 +99,64 @@ def test_warmup_and_ema():
     assert torch.allclose(a.weight, 0.999 * w_a + 0.001 * w_b)
     ema_update(a, b, decay=0.999, step=0)  # warm-up: d = 1/10 at step 0
     assert torch.allclose(a.weight, 0.1 * (0.999 * w_a + 0.001 * w_b) + 0.9 * w_b)
+
+
+def test_cosine_decay_follows_its_formula_and_ends_near_zero():
+    lr, warm, steps = 1e-3, 10, 110
+    assert lr_at(3, lr, warm, "cosine", steps) == lr_at(3, lr, warm)  # the same warmup
+    assert lr_at(10, lr, warm, "cosine", steps) == pytest.approx(lr)  # s = 0: the peak
+    assert lr_at(60, lr, warm, "cosine", steps) == pytest.approx(lr / 2)  # s = 1/2
+    s = 99 / 100
+    assert lr_at(109, lr, warm, "cosine", steps) == pytest.approx(lr * (1 + math.cos(math.pi * s)) / 2)
+    assert 0 < lr_at(109, lr, warm, "cosine", steps) < 1e-3 * lr  # the last step still moves
+    rates = [lr_at(k, lr, warm, "cosine", steps) for k in range(warm, steps)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # strictly decreasing after the warmup
+    assert lr_at(500, lr, warm, "cosine", steps) == 0.0  # past the end (a longer resume): 0
+
+
+@pytest.mark.parametrize("decay, steps, match", [
+    ("linear", 100, "lr_decay must be one of"), ("cosine", 10, "needs steps > warmup_steps"),
+    ("cosine", None, "needs steps > warmup_steps")])
+def test_bad_lr_decay_is_refused_at_the_call(decay, steps, match):
+    with pytest.raises(ValueError, match=match):
+        lr_at(0, 1e-3, 10, decay, steps)
+
+
+def test_a_cosine_run_resumes_to_the_same_weights_and_refuses_other_steps(sample, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_cfg(straight, lr_decay="cosine"), dataset=sample, progress=False)
+    lrs = [json.loads(s)["lr"] for s in (straight / "loss.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([lr_at(k, 1e-3, 2, "cosine", 6) for k in range(6)])
+
+    def crash_at_5(step):
+        if step == 5:
+            raise Crash
+    with pytest.raises(Crash):
+        train(_cfg(resumed, lr_decay="cosine"), dataset=sample, on_step=crash_at_5, progress=False)
+    longer = _cfg(resumed, lr_decay="cosine")
+    longer.steps = 8  # free to change for a constant rate, not for a decay that ends at steps
+    with pytest.raises(ValueError, match="steps=6 there, 8 now"):
+        train(longer, dataset=sample, progress=False)
+    train(_cfg(resumed, lr_decay="cosine"), dataset=sample, progress=False)
+    a, b = _final_state(straight), _final_state(resumed)
+    for k in a:
+        if not k.startswith("rng."):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_a_run_saved_before_lr_decay_existed_still_resumes(straight_run, sample, tmp_path):
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(straight_run, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["lr_decay"]  # as written by sfs before the field
+    (old / "config.json").write_text(json.dumps(saved))
+    cfg = _cfg(old)
+    cfg.steps = 7
+    train(cfg, dataset=sample, progress=False)  # resumes from step 6
+    assert (old / "state-0000007.safetensors").is_file()
+    with pytest.raises(ValueError, match="lr_decay='constant' there, 'cosine' now"):
+        train(_cfg(old, lr_decay="cosine"), dataset=sample, progress=False)
 
 
 def test_training_reduces_the_loss(sample, tmp_path):
