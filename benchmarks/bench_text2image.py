@@ -147,15 +147,23 @@ def part_steps(args, model, ae, clf, sets) -> dict:
                          **same}
             print(path, name, rows[key], flush=True)
             earlier.write_text(json.dumps({"part": "steps (partial)", "rows": {**kept, **rows}}, indent=2) + "\n")
-    # a continued model (--init): the earlier run's points, measured before its snapshots were gone,
-    # belong to this model's lineage up to the step it started from
     card = read_card(args.model)
-    start = card["init"]["steps"] if "init" in card else 0
-    same = {"n": args.n_steps, "w": args.recommended, "sampler_steps": args.steps}
+    start = card["init"]["steps"] if "init" in card else 0  # the init's steps, its whole lineage
+    return with_earlier_points(rows, kept, start, {"n": args.n_steps, "w": args.recommended,
+                                                   "sampler_steps": args.steps})
+
+
+def with_earlier_points(rows: dict, kept: dict, start: int, same: dict) -> dict:
+    """``rows`` (measured now) plus the points of ``kept`` (an earlier steps file) that belong to
+    this model's lineage: a continued model (--init) shares its init's history up to step ``start``,
+    whose snapshots may be gone. A kept point joins only if no row of that name was measured now, its
+    step is at most ``start`` and its settings equal ``same`` (N, scale, sampler steps). Sorted by
+    step."""
+    out = dict(rows)
     for key, r in kept.items():
-        if key not in rows and r["step"] <= start and all(r.get(k) == v for k, v in same.items()):
-            rows[key] = r
-    return dict(sorted(rows.items(), key=lambda kv: (kv[1]["step"], kv[0])))
+        if key not in out and r["step"] <= start and all(r.get(k) == v for k, v in same.items()):
+            out[key] = r
+    return dict(sorted(out.items(), key=lambda kv: (kv[1]["step"], kv[0])))
 
 
 def part_cost(args, model, ae, clf, sets) -> dict:
