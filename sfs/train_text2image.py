@@ -192,15 +192,17 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
 
 def lineage_runs(card: dict) -> list[dict]:
     """The runs behind a text2image checkpoint, first run first, each {"command", "machine",
-    "steps", "wall_time_s"} of that run alone. A card's ``init`` holds the checkpoint it started
-    from with the totals up to it ("steps", "wall_time_s") and, nested, that one's ``init``."""
+    "steps", "wall_time_s"} of that run alone and "file_sha256", the checkpoint it ended with (None
+    where a card did not record it). A card's ``init`` holds the checkpoint it started from with the
+    totals up to it ("steps", "wall_time_s") and, nested, that one's ``init``."""
     chain = [card]
     while chain[-1].get("init"):
         chain.append(chain[-1]["init"])
     steps = [lineage_steps(card)] + [c["steps"] for c in chain[1:]] + [0]  # totals up to each run
     walls = [card.get("wall_time_s_total") or card["wall_time_s"]] + [c["wall_time_s"] or 0 for c in chain[1:]] + [0]
     return [{"command": c.get("command"), "machine": c.get("machine"), "steps": steps[k] - steps[k + 1],
-             "wall_time_s": round(walls[k] - walls[k + 1], 1)} for k, c in enumerate(chain)][::-1]
+             "wall_time_s": round(walls[k] - walls[k + 1], 1), "file_sha256": c.get("file_sha256")}
+            for k, c in enumerate(chain)][::-1]
 
 
 def lineage_steps(card: dict) -> int:

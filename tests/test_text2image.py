@@ -290,6 +290,7 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
     runs = lineage_runs(card3)
     assert [r["steps"] for r in runs] == [start_card["steps"], 1, 2] and card3["steps_total"] == start_card["steps"] + 3
     assert runs[0]["command"] == start_card["command"] and runs[1]["command"] == card["command"]
+    assert [r["file_sha256"] for r in runs] == [start_card["file_sha256"], card["file_sha256"], card3["file_sha256"]]
     assert abs(sum(r["wall_time_s"] for r in runs) - card3["wall_time_s_total"]) < 0.5
     md3 = (tmp_path / "models" / "tiny-sd-3.md").read_text()
     assert "which started from" in md3 and start_card["command"] in md3
