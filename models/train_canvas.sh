@@ -11,13 +11,12 @@ $PY -m sfs train-autoencoder --minutes 60 --steps 100000 --threads 1 --no-bf16 \
     --out runs/canvas-autoencoder --export canvas-autoencoder --no-progress
 $PY -m sfs.classifier --data canvas-objects --n-canvases 60000 --epochs 4 --width 24 \
     --out models/canvas-object-classifier
-# The tiny Stable Diffusion (book ch. 12) in the canvas autoencoder's latent space, trained in five
+# The tiny Stable Diffusion (book ch. 12) in the canvas autoencoder's latent space, trained in four
 # runs, each from the weights of the one before (--init, a fresh optimizer, another --seed for another
 # data order): 12,000 steps (110 min on one thread); 14,371 more (91 min on two threads); 9,221 more
-# with cross-attention's position embeddings added (--cross-attn-pos, zero at start; 80 min);
+# with cross-attention's position embeddings added (--cross-attn-pos, zero at start; 80 min); and
 # 11,371 more with the loss weighted as the v loss weighs the x0 error (--weighting snr+1, clamped at
-# 50; 100 min); and 10,000 more with that loss and the learning rate decayed along a cosine to 0
-# (--lr-decay cosine, book ch. 6). The steps are each run's stopping rule (not the clock), so a rerun trains the same
+# 50; 100 min). The steps are each run's stopping rule (not the clock), so a rerun trains the same
 # steps; each run resumes from its --out (a later option overrides COMMON's).
 COMMON="--n-canvases 100000 --base-channels 32 --sample-every 1500 --no-bf16 --no-progress --export tiny-sd"
 $PY -m sfs train-text2image $COMMON --threads 1 --steps 12000 --out runs/tiny-sd
@@ -36,14 +35,12 @@ save_checkpoint("models/tiny-sd-eps.safetensors", m, m.config, c)
 PY
 $PY -m sfs train-text2image $COMMON --init tiny-sd --cross-attn-pos --weighting snr+1 --max-weight 50 \
     --seed 3 --threads 2 --steps 11371 --sample-every 1000 --out runs/tiny-sd-4
-$PY -m sfs train-text2image $COMMON --init tiny-sd --cross-attn-pos --weighting snr+1 --max-weight 50 \
-    --lr-decay cosine --seed 4 --threads 2 --steps 10000 --sample-every 1000 --out runs/tiny-sd-5
-# its loss log, one line per step of the five runs (each numbered on from the one before), ships in
+# its loss log, one line per step of the four runs (each numbered on from the one before), ships in
 # models/logs/
 $PY - <<'PY'
 import gzip, json
 log = []
-for run in ("runs/tiny-sd", "runs/tiny-sd-2", "runs/tiny-sd-3", "runs/tiny-sd-4", "runs/tiny-sd-5"):
+for run in ("runs/tiny-sd", "runs/tiny-sd-2", "runs/tiny-sd-3", "runs/tiny-sd-4"):
     log += [{**json.loads(line), "step": json.loads(line)["step"] + len(log)} for line in open(f"{run}/loss.jsonl")]
 with gzip.open("models/logs/tiny-sd-loss.jsonl.gz", "wt") as f:
     for r in log:
