@@ -20,6 +20,7 @@ The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch.nn as nn
 
 from sfs import cpu_probe, distributed, loop
 from sfs.canvas import make_canvases
+from sfs.data import ENV_VAR
 from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.forward import q_sample
 from sfs.losses import simple_loss
@@ -97,9 +99,16 @@ def encode_canvases(autoencoder: nn.Module, images_u8: torch.Tensor, batch_size:
 
 def cached_latents(cfg: TextToImageTrainConfig, autoencoder: nn.Module, ae_card: dict,
                    canvases) -> torch.Tensor:
-    """The training latents, from ``out/latents-<sha>.safetensors`` when an earlier start made them."""
+    """The training latents, from ``out/latents-<key>.safetensors`` when an earlier start made them.
+
+    The key holds the autoencoder's sha256 and a sha256 of the canvases themselves (images and
+    captions), so a cache made from other canvases (another data source, seed or count) is never
+    paired with these captions."""
+    import hashlib
     from safetensors.torch import load_file, save_file
-    key = f"{ae_card['file_sha256'][:12]}-{cfg.n_canvases}-{cfg.canvas_seed}"
+    digest = hashlib.sha256(canvases.images.contiguous().numpy().tobytes())
+    digest.update("\n".join(canvases.captions).encode())
+    key = f"{ae_card['file_sha256'][:12]}-{len(canvases.captions)}-{digest.hexdigest()[:12]}"
     path = Path(cfg.out) / f"latents-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))["z0"]
@@ -229,6 +238,7 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         "target": "eps", "weighting": cfg.weighting, "max_weight": cfg.max_weight,
         "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
         "data": "canvases (sfs.canvas.make_canvases, train split, combos 'seen')",
+        "data_dir": "full MNIST + Fashion-MNIST" if cfg.data_dir or os.environ.get(ENV_VAR) else "bundled samples",
         "n_canvases": n_canvases, "canvas_seed": cfg.canvas_seed, "steps": step,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),

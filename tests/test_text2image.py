@@ -301,6 +301,27 @@ def test_a_run_can_start_from_a_shipped_model(trained, tmp_path):
                          canvases, False)
 
 
+def test_cached_latents_belong_to_their_canvases_only(trained, tmp_path):
+    # a cache made from other canvases of the same count and seed (another data source) must not be
+    # paired with these captions: it happened to a real run (book ch. 12's fifth run)
+    root, _, _ = trained
+    from sfs.train_text2image import cached_latents
+    ae, ae_card = load_model(root / "models" / "ae.safetensors", kind="autoencoder")
+    cfg = TextToImageTrainConfig(model=tiny_config(), out=str(tmp_path / "c"), device="cpu")
+    one = make_canvases(8, seed=1)
+    other = make_canvases(8, seed=1)
+    other.images = 255 - other.images                                   # same captions, other images
+    z_one = cached_latents(cfg, ae, ae_card, one)
+    z_other = cached_latents(cfg, ae, ae_card, other)
+    assert len(list((tmp_path / "c").glob("latents-*.safetensors"))) == 2   # two caches, not one reused
+    assert not torch.allclose(z_one, z_other)
+    assert torch.equal(cached_latents(cfg, ae, ae_card, one), z_one)       # the same canvases: the cache
+    recaptioned = make_canvases(8, seed=1)
+    recaptioned.captions = list(reversed(recaptioned.captions))
+    cached_latents(cfg, ae, ae_card, recaptioned)
+    assert len(list((tmp_path / "c").glob("latents-*.safetensors"))) == 3   # other captions: another key
+
+
 def test_a_run_records_its_loss_weighting_and_refuses_bad_ones(trained, tmp_path):
     root, _, _ = trained
     canvases = make_canvases(16, seed=1)
@@ -311,6 +332,8 @@ def test_a_run_records_its_loss_weighting_and_refuses_bad_ones(trained, tmp_path
     train_text2image(cfg, canvases, False)
     _, card = load_model(tmp_path / "models" / "tiny-sd-w.safetensors", kind="text2image")
     assert (card["weighting"], card["max_weight"]) == ("snr+1", 50.0)
+    import os  # where the canvases' images came from
+    assert card["data_dir"] == ("full MNIST + Fashion-MNIST" if os.environ.get("SFS_DATA_DIR") else "bundled samples")
     assert "loss weighting snr+1 clamped at 50.0" in (tmp_path / "models" / "tiny-sd-w.md").read_text()
     for field, bad in [("weighting", "p2"), ("weighting", "v"), ("max_weight", 0.0), ("max_weight", -1),
                        ("max_weight", "big"), ("max_weight", True)]:
