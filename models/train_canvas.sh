@@ -6,6 +6,7 @@
 # A killed autoencoder run resumes when the same command is run again (sfs.loop). The shipped
 # models were trained in fp32 on one thread: --threads 1 --no-bf16 keeps the CPU probe from choosing.
 set -euo pipefail
+: "${SFS_DATA_DIR:?the shipped models train on the full data sets: set SFS_DATA_DIR (see above)}"
 PY=${PY:-python3}
 $PY -m sfs train-autoencoder --minutes 60 --steps 100000 --threads 1 --no-bf16 \
     --out runs/canvas-autoencoder --export canvas-autoencoder --no-progress
