@@ -20,6 +20,8 @@ import torch.nn as nn
 from sfs.text import TextEncoder, TextEncoderConfig, Tokenizer
 from sfs.unet import UNet, UNetConfig
 
+T = 1000  # the cosine schedule's number of steps: training (sfs.train_text2image) and generate() share it
+
 
 @dataclass
 class TextToImageConfig:
@@ -120,6 +122,6 @@ def generate(prompts: str | list[str], model: TextToImage, autoencoder: nn.Modul
     g = torch.Generator().manual_seed(seed)
     z_T = torch.randn(len(ids), c.in_channels, c.image_size, c.image_size, generator=g)
     guided = CFGModel(model, guidance_scale)
-    z0 = dpm_solver_2m_sample(guided, z_T, cosine_schedule(1000), steps=steps, cond=ids,
+    z0 = dpm_solver_2m_sample(guided, z_T, cosine_schedule(T), steps=steps, cond=ids,
                               callback=callback)
     return autoencoder.decode(z0).clamp(-1, 1)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sfs import cpu_probe, distributed, loop
+from sfs import cpu_probe, distributed, loop, text2image
 from sfs.canvas import make_canvases
 from sfs.data import ENV_VAR
 from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
@@ -53,7 +53,7 @@ class TextToImageTrainConfig:
     n_canvases: int = 60000  # training canvases (combos "seen")
     canvas_seed: int = 0
     prompt_dropout: float = 0.1  # probability of training on the empty prompt (for CFG)
-    T: int = 1000  # cosine schedule
+    T: int = text2image.T  # cosine schedule; generate() samples with the same
     weighting: str | None = None  # None: the eps loss of eq. (3.7); "snr+1": sfs.losses.snr_weight
     max_weight: float | None = None  # clamp of the per-example weight w_t
     steps: int = 20000
