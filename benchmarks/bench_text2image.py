@@ -239,6 +239,7 @@ def main() -> None:
                   "model": args.model,
                   "model_card": {k: card.get(k) for k in ("steps", "steps_total", "wall_time_s",
                                                           "wall_time_s_total", "machine", "file_sha256")},
+                  "canvases": sets["seen"].meta["images_from"],
                   "n": args.n, "steps": args.steps, "recommended": args.recommended, "rows": rows}
         path = out.with_suffix(f".{part}{args.suffix}.json")
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -277,7 +278,8 @@ def report(out: Path) -> None:
                   f"{m['load_avg'][0]:.2f} before, {r['load_avg_after'][0]:.2f} after; "
                   f"{r['seconds'] / 60:.1f} min",
                   f"- model: {r['model']}, {lineage_steps(r['model_card'])} training steps "
-                  f"(sha256 {str(r['model_card']['file_sha256'])[:12]}); DPM-Solver++(2M), {r['steps']} steps", ""]
+                  f"(sha256 {str(r['model_card']['file_sha256'])[:12]}); DPM-Solver++(2M), {r['steps']} steps",
+                  f"- test canvases from: {r.get('canvases', 'not recorded')}", ""]
         if name == "cost":
             lines += ["| space | params | training img/s |", "| --- | --- | --- |"]
             for k in ("latent 4x12x12", "pixel 3x48x48"):

@@ -117,7 +117,8 @@ class Canvases:
     classes, colours (index into COLOURS), sizes (0 small, 1 large), boxes (N, 2, 4) as
     (x0, y0, x1, y1) of each object's pixels, exclusive ends; relation (N,) index into RELATIONS
     (-1 if none: object 0 <relation> object 1), region (N,) index into REGIONS (-1 if none);
-    states_size (N,) whether the caption names the sizes; kind (N,) index into KINDS.
+    states_size (N,) whether the caption names the sizes; kind (N,) index into KINDS; meta: how
+    they were made (split, seed, combos, image_size, and ``images_from``: full data or bundled samples).
     """
 
     images: torch.Tensor
@@ -172,6 +173,7 @@ class _Sources:
     gray: dict  # size name -> (M, s, s) float32 numpy array in [0, 1]
     bbox: dict  # size name -> (M, 4) int (x0, y0, x1, y1) of the pixels above the threshold
     by_class: list  # class k -> numpy array of indices into the M source images
+    description: str  # where the images came from, e.g. "full MNIST + Fashion-MNIST (60,000 + 24,000 train images)"
 
 
 def _sources(split: str, data_dir: str | Path | None) -> _Sources:
@@ -196,7 +198,17 @@ def _sources(split: str, data_dir: str | Path | None) -> _Sources:
         y1 = torch.where(rows, ar + 1, 0).max(1).values
         bbox[name] = torch.stack([x0, y0, x1, y1], 1).numpy()
     by_class = [(labels == k).nonzero().flatten().numpy() for k in range(NUM_CLASSES)]
-    return _Sources(gray, bbox, by_class)
+    return _Sources(gray, bbox, by_class, _describe(digits, fashion, int(keep.sum()), split))
+
+
+def _describe(digits, fashion, n_items: int, split: str) -> str:
+    """Which images the canvases' objects come from: the full data sets or the bundled samples."""
+    kinds = {False: "full", True: "bundled sample of"}
+    if digits.sample == fashion.sample:
+        what = "bundled samples of MNIST + Fashion-MNIST" if digits.sample else "full MNIST + Fashion-MNIST"
+    else:
+        what = f"{kinds[digits.sample]} MNIST + {kinds[fashion.sample]} Fashion-MNIST"
+    return f"{what} ({len(digits):,} + {n_items:,} {split} images)"
 
 
 FOREGROUND = 0.2  # a pixel whose brightest channel exceeds this (in [0, 1]) belongs to an object
@@ -412,4 +424,4 @@ def make_canvases(n: int, split: str = "train", seed: int = 0, combos: str = "se
     t = torch.from_numpy
     return Canvases(t(out), captions, t(classes), t(colours), t(sizes), t(boxes), t(count),
                     t(relation), t(region), t(states_size), t(kinds), meta={"split": split, "seed": seed, "combos": combos,
-                                              "image_size": W})
+                                              "image_size": W, "images_from": src.description})

@@ -55,13 +55,15 @@ class ImageDataset:
     """A labelled image data set held in memory.
 
     images: (N, C, H, W) float32 in [-1, 1], (N, 1, 28, 28) for MNIST and Fashion-MNIST,
-    (N, 3, 32, 32) for CIFAR-10; labels: (N,) int64 in [0, len(classes)); classes: the names.
+    (N, 3, 32, 32) for CIFAR-10; labels: (N,) int64 in [0, len(classes)); classes: the names;
+    sample: whether this is the bundled offline sample (``load_sample``) rather than the full set.
     """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    sample: bool = False
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -218,7 +220,7 @@ def load_sample(name: str = "mnist") -> ImageDataset:
         arrays = np.load(f, allow_pickle=False)
         images, labels = arrays["images"], arrays["labels"]
     return ImageDataset(name, to_float(images), torch.as_tensor(labels.astype(np.int64)),
-                        list(CLASSES[name]))
+                        list(CLASSES[name]), sample=True)
 
 
 def load(name: str = "mnist", split: str = "train", data_dir: str | Path | None = None

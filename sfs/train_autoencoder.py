@@ -142,7 +142,7 @@ def export(cfg: AutoencoderTrainConfig, ema: Autoencoder, canvases: Canvases, ru
         "scale_factor_note": "1 / std of sampled latents over 5,000 training canvases",
         "beta": cfg.beta, "data": "canvases (sfs.canvas.make_canvases, combos 'seen')",
         "n_canvases": len(canvases), "canvas_seed": cfg.canvas_seed,
-        "data_dir": "full MNIST + Fashion-MNIST" if cfg.data_dir or _env_data() else "bundled samples",
+        "data_dir": canvases.meta.get("images_from", "given canvases"),
         "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay,
         "seed": cfg.seed,
         "final_rec_l1": round(sum(r["rec"] for r in last) / max(1, len(last)), 5),
@@ -173,12 +173,6 @@ def export(cfg: AutoencoderTrainConfig, ema: Autoencoder, canvases: Canvases, ru
     write_model_card_md(path.with_suffix(".md"), card, grid, losses, nrow=16, rows=table,
                         samples_title="Test canvases (rows 1, 3) and their reconstructions (rows 2, 4)")
     return path
-
-
-def _env_data() -> bool:
-    import os
-    from sfs.data import ENV_VAR
-    return bool(os.environ.get(ENV_VAR))
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,6 @@ The loop, its checkpoints and resume are ``sfs.loop``'s, the same as every other
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ import torch.nn as nn
 
 from sfs import cpu_probe, distributed, loop, text2image
 from sfs.canvas import make_canvases
-from sfs.data import ENV_VAR
 from sfs.checkpoints import load_model, resolve_models_dir, save_checkpoint, write_model_card_md
 from sfs.forward import q_sample
 from sfs.losses import simple_loss
@@ -195,7 +193,7 @@ def train_text2image(cfg: TextToImageTrainConfig, canvases=None, progress: bool 
                                     desc="train text2image", progress=progress, on_sample=on_sample)
     ema = ema.cpu().float()
     if cfg.export and distributed.is_main():
-        export(cfg, ema, ae, ae_card, len(canvases), run_dir, step, wall_time, device, init_card)
+        export(cfg, ema, ae, ae_card, canvases, run_dir, step, wall_time, device, init_card)
     return ema
 
 
@@ -220,7 +218,7 @@ def lineage_steps(card: dict) -> int:
     return card.get("steps_total") or card["steps"]
 
 
-def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int, run_dir: Path,
+def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, canvases, run_dir: Path,
            step: int, wall_time: float, device: torch.device, init_card: dict | None = None) -> Path:
     """Write ``models/<cfg.export>.safetensors`` (fp16) with its JSON and Markdown model cards.
     ``init_card``: the card of the checkpoint the run started from (``cfg.init``), if any."""
@@ -238,8 +236,8 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
         "target": "eps", "weighting": cfg.weighting, "max_weight": cfg.max_weight,
         "schedule": "cosine", "T": cfg.T, "prompt_dropout": cfg.prompt_dropout,
         "data": "canvases (sfs.canvas.make_canvases, train split, combos 'seen')",
-        "data_dir": "full MNIST + Fashion-MNIST" if cfg.data_dir or os.environ.get(ENV_VAR) else "bundled samples",
-        "n_canvases": n_canvases, "canvas_seed": cfg.canvas_seed, "steps": step,
+        "data_dir": canvases.meta.get("images_from", "given canvases"),
+        "n_canvases": len(canvases), "canvas_seed": cfg.canvas_seed, "steps": step,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay, "seed": cfg.seed,
         "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
         "wall_time_s": round(wall_time, 1), "machine": loop.machine_name(device),
@@ -261,7 +259,7 @@ def export(cfg, ema: TextToImage, ae: nn.Module, ae_card: dict, n_canvases: int,
     imgs = generate(SAMPLE_PROMPTS, ema, ae, cfg.guidance_scale, 20, cfg.seed, 4)
     table = [("architecture", f"sfs.text2image.TextToImage, {card['params']:,} parameters"),
              ("latent space", f"{cfg.autoencoder} (sha256 {ae_card['file_sha256'][:12]}...)"),
-             ("data", f"{n_canvases} training canvases, seed {cfg.canvas_seed}"),
+             ("data", f"{len(canvases)} training canvases, seed {cfg.canvas_seed}, {card['data_dir']}"),
              ("training", f"{step} steps, batch {cfg.batch_size}, lr {cfg.lr}, EMA {cfg.ema_decay}, "
                           f"prompt dropout {cfg.prompt_dropout}, loss weighting "
                           f"{cfg.weighting or 'none (the eps loss)'}"

@@ -144,3 +144,28 @@ def test_subset_keeps_everything_aligned(seen):
 def test_bad_arguments_name_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         make_canvases(**kwargs)
+
+
+def test_canvases_say_whether_their_objects_come_from_the_full_data_or_the_samples(monkeypatch):
+    """A model trained on canvases of the bundled samples once passed for a full-data one: the
+    canvases carry where their images came from (cards record it)."""
+    import dataclasses
+
+    from sfs import data
+    full = {"mnist": True, "fashion-mnist": True}
+
+    def fake_load(name, split="train", data_dir=None):
+        ds = data.load_sample(name)
+        return dataclasses.replace(ds, sample=False) if full[name] else ds
+
+    monkeypatch.setattr(canvas.data, "load", fake_load)
+    expected = {(True, True): "full MNIST + Fashion-MNIST (",
+                (False, False): "bundled samples of MNIST + Fashion-MNIST (1,000 + ",
+                (True, False): "full MNIST + bundled sample of Fashion-MNIST (1,000 + "}
+    for (digits, items), start in expected.items():
+        full.update({"mnist": digits, "fashion-mnist": items})
+        monkeypatch.setattr(canvas, "_SOURCES", {})
+        c = canvas.make_canvases(4, "test", 0)
+        assert c.meta["images_from"].startswith(start) and c.meta["images_from"].endswith(" test images)")
+        assert c.subset([0, 1]).meta["images_from"] == c.meta["images_from"]
+    assert data.load_sample("mnist").sample

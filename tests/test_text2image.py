@@ -332,8 +332,7 @@ def test_a_run_records_its_loss_weighting_and_refuses_bad_ones(trained, tmp_path
     train_text2image(cfg, canvases, False)
     _, card = load_model(tmp_path / "models" / "tiny-sd-w.safetensors", kind="text2image")
     assert (card["weighting"], card["max_weight"]) == ("snr+1", 50.0)
-    import os  # where the canvases' images came from
-    assert card["data_dir"] == ("full MNIST + Fashion-MNIST" if os.environ.get("SFS_DATA_DIR") else "bundled samples")
+    assert card["data_dir"] == canvases.meta["images_from"]          # where the canvases' images came from
     assert "loss weighting snr+1 clamped at 50.0" in (tmp_path / "models" / "tiny-sd-w.md").read_text()
     for field, bad in [("weighting", "p2"), ("weighting", "v"), ("max_weight", 0.0), ("max_weight", -1),
                        ("max_weight", "big"), ("max_weight", True)]:
