@@ -126,7 +126,8 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     if args.every > 1:
         snaps = snaps[args.every - 1::args.every] + ([snaps[-1]] if len(snaps) % args.every else [])
     # rows measured by an earlier run (while training went on) are kept when their snapshot file,
-    # N, scale and sampler steps are the same
+    # N, scale, sampler steps and test canvases' images are the same
+    source = sets["seen"].meta["images_from"]
     earlier = Path(args.out).with_suffix(".steps.json")
     kept = json.loads(earlier.read_text())["rows"] if earlier.is_file() else {}
     rows, seen_steps = {}, set()
@@ -139,7 +140,8 @@ def part_steps(args, model, ae, clf, sets) -> dict:
         for name, c in sets.items():
             sub = c.subset(slice(0, args.n_steps))
             key, same = f"{name}, step {steps}", {"sha256": card["file_sha256"], "n": len(sub),
-                                                          "w": args.recommended, "sampler_steps": args.steps}
+                                                          "w": args.recommended, "sampler_steps": args.steps,
+                                                          "canvases": source}
             if key in kept and all(kept[key].get(k) == v for k, v in same.items()):
                 rows[key] = kept[key]
                 continue
@@ -150,7 +152,7 @@ def part_steps(args, model, ae, clf, sets) -> dict:
     card = read_card(args.model)
     start = card["init"]["steps"] if "init" in card else 0  # the init's steps, its whole lineage
     return with_earlier_points(rows, kept, start, {"n": args.n_steps, "w": args.recommended,
-                                                   "sampler_steps": args.steps})
+                                                   "sampler_steps": args.steps, "canvases": source})
 
 
 def with_earlier_points(rows: dict, kept: dict, start: int, same: dict) -> dict:
